@@ -1,0 +1,1 @@
+"""Placeholder; the public API is written in the core issue."""
