@@ -416,6 +416,14 @@ def build_tiny_checkpoint(
             image=[str(tiny_image_path())], max_tokens=8, verbose=False,
         )
 
+    Older releases (Linux CPU, without ``mlx_vlm_safe``'s fixes): 0.3.0-0.3.1
+    and 0.1.22-0.1.27 load it but cannot generate at all, because their
+    ``wired_limit`` asks Metal for its device info; with that replaced by a
+    no-op they give exactly ``max_tokens`` tokens too. 0.2.0's ``load()``
+    fails for every model type except gemma3n (it looks up
+    ``AudioModel``), a release bug no checkpoint can avoid. 0.1.7 loads and
+    generates but ignores ``max_tokens`` when an image is given (always 256).
+
     Args:
         path: Target directory. ``None`` means a per-user cache directory (see
             :func:`default_cache_dir`) with a sub-folder named after the
