@@ -1,0 +1,283 @@
+"""The retry policy: how often to try, how long to wait, what to shrink.
+
+``RetryPolicy`` is a frozen value, so a policy handed to a decorator cannot be
+changed under it. The process-wide default lives here, behind a lock: code
+sets it with ``configure()``, operators with ``MLX_VLM_SAFE_RETRY_*``
+variables (read once, on first use, so importing the library costs nothing).
+Users' own tests switch retries to fixed, instant values with
+``set_testing()``, and a single call can opt out with ``retries_disabled()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, fields, replace
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, TypeAlias
+
+from . import _validate as V
+
+if TYPE_CHECKING:
+    from ._records import AttemptRecord, RetryHook
+
+__all__ = [
+    "RetryOn",
+    "RetryPolicy",
+    "configure",
+    "get_policy",
+    "is_testing",
+    "policy_from_env",
+    "reset_config",
+    "retries_disabled",
+    "set_testing",
+]
+
+_log = logging.getLogger("mlx_vlm_safe")
+
+RetryOn: TypeAlias = "type[Exception] | Callable[[Exception], bool]"
+
+_DEFAULT_LADDER: tuple[Mapping[str, int], ...] = (
+    MappingProxyType({"max_tokens": 512}),
+    MappingProxyType({"max_tokens": 256}),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failed or empty call is retried.
+
+    ``ladder[i]`` is applied to attempt ``i + 2`` (attempt 1 runs exactly as
+    called); attempts past the ladder reuse its last step. Steps accumulate and
+    only ever lower a value: the engine uses ``min(value in effect, step)``.
+    The wait before attempt ``n + 1`` is ``uniform(0, min(wait_max, wait_base
+    * 2 ** (n - 1)))`` ("full jitter", so many processes hit by the same
+    memory pressure do not come back at the same instant). No attempt starts,
+    and no wait is taken, past ``deadline`` seconds after the first attempt
+    began. ``retry_on`` adds exception types or predicates to the built-in
+    table (see ``_classify``); ``retry_empty`` retries an empty result.
+    """
+
+    attempts: int = 3
+    ladder: tuple[Mapping[str, int], ...] = _DEFAULT_LADDER
+    wait_base: float = 1.0
+    wait_max: float = 8.0
+    deadline: float | None = 120.0
+    retry_on: tuple[RetryOn, ...] = ()
+    retry_empty: bool = True
+    hooks: tuple[RetryHook, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, check in _CHECKS.items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
+        if self.wait_max < self.wait_base:
+            raise ValueError(
+                f"wait_max ({self.wait_max!r}) must be >= wait_base "
+                f"({self.wait_base!r})"
+            )
+
+
+_CHECKS: dict[str, Callable[[str, object], object]] = {
+    "attempts": V.checked_attempts,
+    "ladder": V.checked_ladder,
+    "wait_base": V.checked_wait,
+    "wait_max": V.checked_wait,
+    "deadline": V.checked_deadline,
+    "retry_on": V.checked_retry_on,
+    "retry_empty": V.checked_bool,
+    "hooks": V.checked_hooks,
+}
+_FIELDS = frozenset(f.name for f in fields(RetryPolicy))
+
+# --- environment -------------------------------------------------------------
+
+ENV_PREFIX = "MLX_VLM_SAFE_RETRY_"
+
+
+_ENV: dict[str, tuple[str, Callable[[str], object]]] = {
+    "ATTEMPTS": ("attempts", V.parse_int),
+    "WAIT_BASE": ("wait_base", V.parse_float),
+    "WAIT_MAX": ("wait_max", V.parse_float),
+    "DEADLINE": ("deadline", V.parse_deadline),
+    "LADDER": ("ladder", V.parse_ladder),
+}
+
+
+def policy_from_env(
+    environ: Mapping[str, str] | None = None, *, base: RetryPolicy | None = None
+) -> RetryPolicy:
+    """Build a policy from ``MLX_VLM_SAFE_RETRY_*`` variables over ``base``.
+
+    Raises ``ValueError`` naming the variable and its value when one is bad, so
+    an explicit call fails loudly; the implicit first-use path warns instead.
+    """
+    env = os.environ if environ is None else environ
+    changes: dict[str, object] = {}
+    used: list[str] = []
+    for suffix, (field, parse) in _ENV.items():
+        name = ENV_PREFIX + suffix
+        raw = env.get(name)
+        if raw is None:
+            continue
+        used.append(f"{name}={raw!r}")
+        try:
+            changes[field] = _CHECKS[field](field, parse(raw))
+        except ValueError as exc:
+            raise ValueError(f"{name}={raw!r} is not valid: {exc}") from None
+    try:
+        return replace(base or RetryPolicy(), **changes)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"{', '.join(used)} do not fit together: {exc}") from None
+
+
+# --- process-wide configuration ------------------------------------------------
+
+
+class _Config:
+    """The default policy and the testing override, guarded by ``lock``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.policy: RetryPolicy | None = None  # None: read the environment
+        self.testing: tuple[int, float] | None = None
+
+
+_config = _Config()
+
+
+def _current_locked() -> RetryPolicy:
+    if _config.policy is None:
+        try:
+            _config.policy = policy_from_env()
+        except ValueError as exc:
+            _log.warning("keeping the default retry policy: %s", exc)
+            _config.policy = RetryPolicy()
+    return _config.policy
+
+
+def get_policy() -> RetryPolicy:
+    """Return the process-wide default policy (reads the environment once)."""
+    policy = _config.policy
+    if policy is not None:
+        return policy
+    with _config.lock:
+        return _current_locked()
+
+
+def configure(**changes: object) -> RetryPolicy:
+    """Change fields of the process-wide default policy; return the new one."""
+    unknown = sorted(set(changes) - _FIELDS)
+    if unknown:
+        raise TypeError(
+            f"unknown retry setting(s): {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_FIELDS))}"
+        )
+    with _config.lock:
+        policy = replace(_current_locked(), **changes)  # type: ignore[arg-type]
+        _config.policy = policy
+        return policy
+
+
+def reset_config() -> None:
+    """Forget ``configure()`` changes; the environment is read again on next use."""
+    with _config.lock:
+        _config.policy = None
+
+
+class _TestingRestore:
+    """Returned by ``set_testing``; as a context manager it restores the old mode."""
+
+    def __init__(self, previous: tuple[int, float] | None) -> None:
+        self._previous = previous
+
+    def __enter__(self) -> _TestingRestore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with _config.lock:
+            _config.testing = self._previous
+
+
+def set_testing(
+    testing: bool, *, attempts: int = 1, wait: float = 0.0
+) -> _TestingRestore:
+    """Force every retry loop to ``attempts`` attempts and fixed ``wait`` seconds.
+
+    For users' own test suites: failures surface at once, without sleeping.
+    Usable as a plain call or as ``with set_testing(True): ...``.
+    """
+    if not (V.is_int(attempts) and attempts >= 1):
+        raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+    if not (V.is_real(wait) and wait >= 0):
+        raise ValueError(f"wait must be a finite number >= 0, got {wait!r}")
+    with _config.lock:
+        previous = _config.testing
+        _config.testing = (attempts, float(wait)) if testing else None
+    return _TestingRestore(previous)
+
+
+def is_testing() -> bool:
+    """Whether ``set_testing(True)`` is in effect."""
+    return _config.testing is not None
+
+
+def testing_override() -> tuple[int, float] | None:
+    """The forced ``(attempts, wait)`` while testing, else ``None`` (engine use)."""
+    return _config.testing
+
+
+# --- per-context call state and the per-call opt-out ---------------------------
+
+
+class CallState:
+    """What the retry-managed call running (or last run) in a context left behind.
+
+    One mutable object per call, set once in a ``ContextVar``: while ``active``
+    a retry loop owns the call stack, so an inner retry-managed call just calls
+    through (nested loops would multiply attempts). Afterwards it holds the
+    attempt records. Mutating the object instead of setting the variable twice
+    keeps the happy path to one ``ContextVar.set``; that path stores only its
+    clock readings, leaves ``records`` and ``tokens`` unset, and the records
+    are built on demand by ``last_attempts()``.
+    """
+
+    __slots__ = ("active", "ended", "records", "started", "tokens")
+    active: bool
+    started: float
+    ended: float
+    tokens: int | None
+    records: tuple[AttemptRecord, ...] | None
+
+
+def _fixed_state(active: bool) -> CallState:
+    state = CallState()
+    state.active, state.records = active, ()
+    return state
+
+
+IDLE = _fixed_state(active=False)
+DISABLED = _fixed_state(active=True)  # "active": calls inside just call through
+STATE: ContextVar[CallState] = ContextVar("mlx_vlm_safe_call", default=IDLE)
+
+
+@contextlib.contextmanager
+def retries_disabled() -> Iterator[None]:
+    """Within this block, retry-managed calls run once, plainly, with no records.
+
+    Based on a ``ContextVar``, so it affects only the current thread or
+    asyncio task.
+    """
+    token = STATE.set(DISABLED)
+    try:
+        yield
+    finally:
+        STATE.reset(token)
