@@ -14,6 +14,9 @@ from types import ModuleType
 from ._hook import is_target
 
 
+_ABSENT = object()
+
+
 def metadata_version() -> str | None:
     """``mlx-vlm``'s version according to package metadata, if it has any.
 
@@ -58,6 +61,6 @@ def unreachable(originals: Iterable[object]) -> tuple[str, ...]:
         except TypeError:
             continue
         for attr, value in items:
-            if wanted.get(id(value)) is value:
+            if wanted.get(id(value), _ABSENT) is value:
                 found.append(f"{name}.{attr}")
     return tuple(sorted(found))

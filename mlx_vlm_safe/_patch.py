@@ -62,7 +62,6 @@ class _State:
     rebound: list[tuple[ModuleType, str, object, object]] = dataclasses.field(
         default_factory=list
     )
-    fixes: list[Fix] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -210,16 +209,27 @@ _REASONS = {
 }
 
 
-def _record_fixes() -> None:
+def _fixes() -> tuple[Fix, ...]:
+    """The fixes in place now, each with every ``mlx_vlm*`` attribute bound to it.
+
+    Bindings are read from the modules, not from our log of rebinds: modules
+    imported after the patch bind our replacement directly, and those count.
+    """
+    owners = {id(r): fix for _, r, fix in _STATE.replacements.values()}
     targets: dict[str, list[str]] = {}
-    by_replacement = {id(r): fix for _, r, fix in _STATE.replacements.values()}
-    for module, name, _, replacement in _STATE.rebound:
-        fix = by_replacement[id(replacement)]
-        targets.setdefault(fix, []).append(f"{module.__name__}.{name}")
-    _STATE.fixes = [
-        Fix(fix, _REASONS[fix], tuple(targets.get(fix, ())))
+    for module in _loaded_mlx_vlm_modules():
+        for name, value in list(vars(module).items()):
+            fix = owners.get(id(value))
+            if fix is not None and _replacement_of(fix) is value:
+                targets.setdefault(fix, []).append(f"{module.__name__}.{name}")
+    return tuple(
+        Fix(fix, _REASONS[fix], tuple(sorted(targets.get(fix, ()))))
         for _, _, fix in _STATE.replacements.values()
-    ]
+    )
+
+
+def _replacement_of(fix: str) -> object:
+    return next(r for _, r, f in _STATE.replacements.values() if f == fix)
 
 
 def _apply(package: ModuleType, *, strict: bool) -> None:
@@ -248,14 +258,17 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     _plan(located, behaviour, wired)
     for module in _loaded_mlx_vlm_modules():
         _sweep(module)
-    _record_fixes()
     _STATE.located = located
     _STATE.version = version if isinstance(version, str) else None
     _STATE.device = _device()
     _STATE.probes = tuple(probes)
     _STATE.status = "patched"
     _STATE.armed = False
-    _log.info("mlx_vlm_safe: patched mlx-vlm %s (%s)", version, _STATE.fixes)
+    _log.info(
+        "mlx_vlm_safe: patched mlx-vlm %s: %s",
+        version,
+        [fix for _, _, fix in _STATE.replacements.values()],
+    )
 
 
 def _sync_with_import_side_effect() -> None:
@@ -304,7 +317,7 @@ def patch(*, strict: bool = False) -> Report:
         return report()
     with _LOCK:
         if _STATE.status == "patched":
-            return report()
+            return report(inventory=False)
         _hook.install(on_import)
         _STATE.armed = True
     # Import outside the lock: the hook patches as soon as mlx_vlm has loaded.
@@ -319,7 +332,7 @@ def patch(*, strict: bool = False) -> Report:
     with _LOCK:
         if _STATE.status != "patched":
             _apply(package, strict=strict)
-    return report()
+    return report(inventory=False)
 
 
 def unpatch() -> Report:
@@ -335,7 +348,6 @@ def unpatch() -> Report:
                 )
         _STATE.rebound.clear()
         _STATE.replacements.clear()
-        _STATE.fixes = []
         _STATE.armed = False
         if _STATE.status in ("patched", "pending", "failed"):
             _STATE.status = "unpatched"
@@ -347,26 +359,33 @@ def is_patched() -> bool:
     return _STATE.status == "patched"
 
 
-def report() -> Report:
-    """A snapshot of what was found and done (see :class:`Report`)."""
+def report(*, inventory: bool = True) -> Report:
+    """A snapshot of what was found and done (see :class:`Report`).
+
+    Args:
+        inventory: also list the distributions that ship ``mlx_vlm`` and the
+            stale references outside mlx-vlm. That reads every installed
+            package's metadata and walks every loaded module (~100 ms), so
+            ``patch()`` returns its report without it.
+    """
     from ._inventory import distributions, metadata_version, unreachable
 
     with _LOCK:
         state = dataclasses.replace(_STATE)
         originals = [entry[0] for entry in _STATE.replacements.values()]
-        fixes = tuple(_STATE.fixes)
+        fixes = _fixes()
         warnings = tuple(dict.fromkeys(_STATE.warnings))
     located = state.located
     return Report(
         status=state.status,
         version=state.version,
         metadata_version=metadata_version(),
-        distributions=distributions(),
+        distributions=distributions() if inventory else (),
         device=state.device,
         layout=located.kind if located else "unknown",
         home=located.home if located else None,
         probes=state.probes,
         fixes=fixes,
-        unreachable=unreachable(originals),
+        unreachable=unreachable(originals) if inventory else (),
         warnings=warnings,
     )

@@ -80,6 +80,22 @@ def safe_wired_limit(original: Callable[..., Any]) -> Callable[..., Any]:
     return _mark(wired_limit, original)
 
 
+def check_max_tokens(kwargs: Mapping[str, object]) -> None:
+    """Refuse a ``max_tokens`` that would make mlx-vlm generate forever.
+
+    mlx-vlm stops when the token counter *equals* ``max_tokens``; a string
+    (``"512"`` straight from a JSON body) or a negative number never does, and
+    the call runs until memory runs out. That is bad input: say so at once.
+    """
+    value = kwargs.get("max_tokens")
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"max_tokens must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {value!r}")
+
+
 def _guarded(
     stream: Iterator[object], behaviour: Behaviour, max_tokens: object
 ) -> Iterator[object]:
@@ -109,6 +125,7 @@ def wrap_stream_generate(
     """Wrap ``stream_generate``; ``retrying`` adds the retry-before-first-item."""
 
     def guarded(*args: object, **kwargs: object) -> Iterator[object]:
+        check_max_tokens(kwargs)
         max_tokens = kwargs.get("max_tokens", behaviour.default_max_tokens)
         return _guarded(original(*args, **kwargs), behaviour, max_tokens)
 
@@ -136,6 +153,7 @@ def wrap_generate(
     call = retrying
 
     def generate(*args: object, **kwargs: object) -> object:
+        check_max_tokens(kwargs)
         LAST_OUTCOME.set(None)
         if call is None:
             result = original(*args, **kwargs)

@@ -11,8 +11,12 @@ from mlx_vlm_safe.testing._checkpoint import (
     tiny_image_path,
     tiny_prompt,
 )
+from mlx_vlm_safe.testing._faults import FaultRecord, empty_stream, plant_fault
 
 __all__ = [
+    "FaultRecord",
+    "empty_stream",
+    "plant_fault",
     "build_tiny_checkpoint",
     "default_cache_dir",
     "tiny_image",
