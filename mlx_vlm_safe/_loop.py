@@ -23,10 +23,11 @@ from typing import Any
 
 from ._classify import Verdict, explain
 from ._ladder import CallSpec, apply_changes, ladder_changes
-from ._policy import STATE, CallState, RetryPolicy, get_policy, testing_override
+from ._policy import RetryPolicy, get_policy, testing_override
 from ._records import NO_CHANGES, AttemptRecord, RetryDetails, log_event, notify
+from ._state import CallState
 
-__all__ = ["DEFAULT_RUNTIME", "Overrides", "RetryLoop", "Runtime", "last_attempts"]
+__all__ = ["DEFAULT_RUNTIME", "Overrides", "RetryLoop", "Runtime"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,46 +71,6 @@ class Overrides:
             merged = replace(RetryPolicy(), **self.changes)  # type: ignore[arg-type]
         self._cache = (base, merged)
         return merged
-
-
-def new_state() -> CallState:
-    """Mark this context as running an attempt; one ``ContextVar.set``."""
-    state = CallState()
-    state.active = True
-    STATE.set(state)
-    return state
-
-
-def interrupted(
-    state: CallState, exc: BaseException, clock: Callable[[], float]
-) -> None:
-    """Record attempt 1 cut short by a BaseException; the caller re-raises it."""
-    duration = clock() - state.started
-    error = type(exc).__name__
-    state.records = (AttemptRecord(1, NO_CHANGES, error, duration, None, 0.0),)
-    state.active = False
-
-
-def records_of(state: CallState) -> tuple[AttemptRecord, ...]:
-    """Return the state's records, built from the happy path's clock if needed."""
-    records = getattr(state, "records", None)  # unset after a happy path
-    if records is None:
-        duration = state.ended - state.started
-        tokens = getattr(state, "tokens", None)
-        records = (AttemptRecord(1, NO_CHANGES, None, duration, tokens, 0.0),)
-        state.records = records
-    return records
-
-
-def last_attempts() -> tuple[AttemptRecord, ...]:
-    """Attempt records of the last retry-managed call in this thread or task.
-
-    Empty before any call, inside ``retries_disabled()`` and while a call is
-    still running. Available after success and failure alike, without changing
-    what the call returns.
-    """
-    state = STATE.get()
-    return () if state.active else records_of(state)
 
 
 def tokens_of(spec: CallSpec) -> int | None:

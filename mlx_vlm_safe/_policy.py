@@ -5,25 +5,25 @@ changed under it. The process-wide default lives here, behind a lock: code
 sets it with ``configure()``, operators with ``MLX_VLM_SAFE_RETRY_*``
 variables (read once, on first use, so importing the library costs nothing).
 Users' own tests switch retries to fixed, instant values with
-``set_testing()``, and a single call can opt out with ``retries_disabled()``.
+``set_testing()``; a single call opts out with ``retries_disabled()`` (defined
+with the rest of the per-context state in ``_state``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 
 from . import _validate as V
+from ._state import retries_disabled
 
 if TYPE_CHECKING:
-    from ._records import AttemptRecord, RetryHook
+    from ._records import RetryHook
 
 __all__ = [
     "RetryOn",
@@ -233,51 +233,3 @@ def is_testing() -> bool:
 def testing_override() -> tuple[int, float] | None:
     """The forced ``(attempts, wait)`` while testing, else ``None`` (engine use)."""
     return _config.testing
-
-
-# --- per-context call state and the per-call opt-out ---------------------------
-
-
-class CallState:
-    """What the retry-managed call running (or last run) in a context left behind.
-
-    One mutable object per call, set once in a ``ContextVar``: while ``active``
-    a retry loop owns the call stack, so an inner retry-managed call just calls
-    through (nested loops would multiply attempts). Afterwards it holds the
-    attempt records. Mutating the object instead of setting the variable twice
-    keeps the happy path to one ``ContextVar.set``; that path stores only its
-    clock readings, leaves ``records`` and ``tokens`` unset, and the records
-    are built on demand by ``last_attempts()``.
-    """
-
-    __slots__ = ("active", "ended", "records", "started", "tokens")
-    active: bool
-    started: float
-    ended: float
-    tokens: int | None
-    records: tuple[AttemptRecord, ...] | None
-
-
-def _fixed_state(active: bool) -> CallState:
-    state = CallState()
-    state.active, state.records = active, ()
-    return state
-
-
-IDLE = _fixed_state(active=False)
-DISABLED = _fixed_state(active=True)  # "active": calls inside just call through
-STATE: ContextVar[CallState] = ContextVar("mlx_vlm_safe_call", default=IDLE)
-
-
-@contextlib.contextmanager
-def retries_disabled() -> Iterator[None]:
-    """Within this block, retry-managed calls run once, plainly, with no records.
-
-    Based on a ``ContextVar``, so it affects only the current thread or
-    asyncio task.
-    """
-    token = STATE.set(DISABLED)
-    try:
-        yield
-    finally:
-        STATE.reset(token)

@@ -17,26 +17,17 @@ from a signature. Rules, each answering a known complaint about retry wrappers:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
 from ._ladder import CallSpec, ladder_changes
-from ._loop import (
-    DEFAULT_RUNTIME,
-    Overrides,
-    RetryLoop,
-    Runtime,
-    interrupted,
-    is_empty,
-    last_attempts,
-    new_state,
-    records_of,
-    tokens_of,
-)
-from ._policy import STATE, CallState, RetryPolicy
+from ._loop import DEFAULT_RUNTIME, Overrides, RetryLoop, Runtime, is_empty, tokens_of
+from ._policy import RetryPolicy
 from ._records import AttemptRecord, RetryDetails, RetryHook
+from ._state import STATE, CallState, interrupted, last_attempts
+from ._stream import PolicyLike, stream_engine, stream_with_retry
 
 __all__ = [
     "AttemptRecord",
@@ -55,8 +46,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 _get_state, _set_state = STATE.get, STATE.set
-_NOTHING: Any = object()  # a stream attempt that ended before its first item
-_Policy = RetryPolicy | Overrides | None
 
 
 def call_with_retry(
@@ -118,121 +107,6 @@ def _caller(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]
     return lambda args, kwargs: fn(*args, **kwargs)
 
 
-def stream_with_retry(
-    fn: Callable[..., Iterator[T]],
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    *,
-    spec: CallSpec,
-    policy: RetryPolicy | None = None,
-    runtime: Runtime | None = None,
-) -> Iterator[T]:
-    """Iterate ``fn(*args, **kwargs)``, retrying failures before the first item.
-
-    A failure, or an empty stream (if ``retry_empty``), before the first item
-    is retried under the policy. Once an item has been yielded nothing is
-    retried and a later error propagates unchanged, so no text is ever yielded
-    twice. Closing the returned generator closes the underlying iterator.
-    """
-    return _stream(fn, args, kwargs, spec, policy=policy, rt=runtime or DEFAULT_RUNTIME)
-
-
-def _stream(
-    fn: Callable[..., Iterator[Any]],
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    spec: CallSpec,
-    *,
-    policy: _Policy,
-    rt: Runtime,
-) -> Iterator[Any]:
-    if STATE.get().active:
-        yield from fn(*args, **kwargs)
-        return
-    clock = rt.clock
-    state = new_state()
-    state.started = clock()
-    attempt = _first_item(fn)
-    try:
-        outcome: Any = attempt(args, kwargs)
-        failed = False
-    except Exception as exc:  # noqa: BLE001 - classified in the retry loop
-        outcome, failed = exc, True
-    except BaseException as exc:
-        interrupted(state, exc, clock)
-        raise
-    state.ended = clock()
-    if failed or outcome is _NOTHING:
-        loop = RetryLoop(
-            attempt,
-            args,
-            kwargs,
-            spec=spec,
-            empty=_is_nothing,
-            policy=policy,
-            state=state,
-            rt=rt,
-            stream=True,
-        )
-        outcome = loop.run(outcome, failed)
-        if outcome is _NOTHING:
-            return
-    else:
-        state.tokens = tokens_of(spec) if spec.progress is not None else 1
-        state.active = False
-    it, first = outcome
-    del outcome
-    count, error = 1, None
-    try:
-        yield first
-        for item in it:
-            count += 1
-            yield item
-    except GeneratorExit:  # closed early by the consumer: not an error
-        raise
-    except BaseException as exc:
-        error = type(exc).__name__
-        raise
-    finally:
-        _finish_stream(state, spec, count, error, clock)
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
-
-
-def _first_item(fn: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
-    """One stream attempt: start the iterator and pull its first item."""
-
-    def attempt(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-        it = iter(fn(*args, **kwargs))
-        try:
-            return it, next(it)
-        except StopIteration:
-            return _NOTHING
-
-    return attempt
-
-
-def _is_nothing(outcome: object) -> bool:
-    return outcome is _NOTHING
-
-
-def _finish_stream(
-    state: CallState, spec: CallSpec, count: int, error: str | None, clock: Any
-) -> None:
-    """Complete the final record when the stream ends, fails or is closed.
-
-    Mutates the call's own state object, never the ``ContextVar``, so it is
-    safe even when the generator is finalised in another context.
-    """
-    records = records_of(state)
-    last = records[-1]
-    tokens = tokens_of(spec) if spec.progress is not None else count
-    duration = last.duration + (clock() - state.ended)
-    final = last._replace(duration=duration, tokens=tokens, error_type=error)
-    state.records = (*records[:-1], final)
-
-
 @overload
 def retry(func: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
@@ -255,7 +129,7 @@ def retry(
     functions have no generic notion of "empty": use ``call_with_retry`` with
     ``CallSpec(is_empty=...)`` for that.
     """
-    chosen: _Policy = policy
+    chosen: PolicyLike = policy
     if policy_overrides:
         overrides = Overrides(policy_overrides)
         chosen = overrides.over(policy) if policy is not None else overrides
@@ -266,7 +140,7 @@ def retry(
     return decorate if func is None else decorate(func)
 
 
-def _wrap(target: Any, policy: _Policy) -> Any:
+def _wrap(target: Any, policy: PolicyLike) -> Any:
     inner = (
         target.__func__ if isinstance(target, classmethod | staticmethod) else target
     )
@@ -283,7 +157,7 @@ def _wrap(target: Any, policy: _Policy) -> Any:
 
         def stream_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             spec = plain if instance is None else bound
-            return _stream(wrapped, args, kwargs, spec, policy=policy, rt=rt)
+            return stream_engine(wrapped, args, kwargs, spec, policy=policy, rt=rt)
 
         return wrapt.FunctionWrapper(target, stream_wrapper)
 

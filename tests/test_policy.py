@@ -16,8 +16,6 @@ from hypothesis import strategies as st
 
 from mlx_vlm_safe import _policy
 from mlx_vlm_safe._policy import (
-    DISABLED,
-    STATE,
     RetryPolicy,
     configure,
     get_policy,
@@ -28,6 +26,7 @@ from mlx_vlm_safe._policy import (
     set_testing,
     testing_override,
 )
+from mlx_vlm_safe._state import DISABLED, STATE
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,139 @@
+"""Streams: retry what fails before the first item, never after it.
+
+Once an item has reached the consumer, retrying would yield text twice, so a
+later error propagates unchanged. Before that, a failure or an empty stream is
+just a failed attempt, retried by the same loop as a call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from ._ladder import CallSpec
+from ._loop import DEFAULT_RUNTIME, Overrides, RetryLoop, Runtime, tokens_of
+from ._policy import RetryPolicy
+from ._state import STATE, CallState, interrupted, new_state, records_of
+
+__all__ = ["PolicyLike", "stream_engine", "stream_with_retry"]
+
+T = TypeVar("T")
+PolicyLike = RetryPolicy | Overrides | None
+_NOTHING: Any = object()  # a stream attempt that ended before its first item
+
+
+def stream_with_retry(
+    fn: Callable[..., Iterator[T]],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    *,
+    spec: CallSpec,
+    policy: RetryPolicy | None = None,
+    runtime: Runtime | None = None,
+) -> Iterator[T]:
+    """Iterate ``fn(*args, **kwargs)``, retrying failures before the first item.
+
+    A failure, or an empty stream (if ``retry_empty``), before the first item
+    is retried under the policy. Once an item has been yielded nothing is
+    retried and a later error propagates unchanged, so no text is ever yielded
+    twice. Closing the returned generator closes the underlying iterator.
+    """
+    return stream_engine(
+        fn, args, kwargs, spec, policy=policy, rt=runtime or DEFAULT_RUNTIME
+    )
+
+
+def stream_engine(
+    fn: Callable[..., Iterator[Any]],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    spec: CallSpec,
+    *,
+    policy: PolicyLike,
+    rt: Runtime,
+) -> Iterator[Any]:
+    if STATE.get().active:
+        yield from fn(*args, **kwargs)
+        return
+    clock = rt.clock
+    state = new_state()
+    state.started = clock()
+    attempt = _first_item(fn)
+    try:
+        outcome: Any = attempt(args, kwargs)
+        failed = False
+    except Exception as exc:  # noqa: BLE001 - classified in the retry loop
+        outcome, failed = exc, True
+    except BaseException as exc:
+        interrupted(state, exc, clock)
+        raise
+    state.ended = clock()
+    if failed or outcome is _NOTHING:
+        loop = RetryLoop(
+            attempt,
+            args,
+            kwargs,
+            spec=spec,
+            empty=_is_nothing,
+            policy=policy,
+            state=state,
+            rt=rt,
+            stream=True,
+        )
+        outcome = loop.run(outcome, failed)
+        if outcome is _NOTHING:
+            return
+    else:
+        state.tokens = tokens_of(spec) if spec.progress is not None else 1
+        state.active = False
+    it, first = outcome
+    del outcome
+    count, error = 1, None
+    try:
+        yield first
+        for item in it:
+            count += 1
+            yield item
+    except GeneratorExit:  # closed early by the consumer: not an error
+        raise
+    except BaseException as exc:
+        error = type(exc).__name__
+        raise
+    finally:
+        _finish_stream(state, spec, count, error, clock)
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def _first_item(fn: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
+    """One stream attempt: start the iterator and pull its first item."""
+
+    def attempt(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+        it = iter(fn(*args, **kwargs))
+        try:
+            return it, next(it)
+        except StopIteration:
+            return _NOTHING
+
+    return attempt
+
+
+def _is_nothing(outcome: object) -> bool:
+    return outcome is _NOTHING
+
+
+def _finish_stream(
+    state: CallState, spec: CallSpec, count: int, error: str | None, clock: Any
+) -> None:
+    """Complete the final record when the stream ends, fails or is closed.
+
+    Mutates the call's own state object, never the ``ContextVar``, so it is
+    safe even when the generator is finalised in another context.
+    """
+    records = records_of(state)
+    last = records[-1]
+    tokens = tokens_of(spec) if spec.progress is not None else count
+    duration = last.duration + (clock() - state.ended)
+    final = last._replace(duration=duration, tokens=tokens, error_type=error)
+    state.records = (*records[:-1], final)
