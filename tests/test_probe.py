@@ -1,0 +1,107 @@
+"""Behaviour probes: the real release is classified as measured, and every
+variant of wired_limit is classified by what it does."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import mlx_vlm_safe
+from mlx_vlm_safe._layout import locate
+from mlx_vlm_safe._probe import probe_empty_stream, probe_wired_limit
+from mlx_vlm_safe._releases import RELEASES, Release, release_for
+
+
+def test_installed_release_is_classified_as_the_table_says(
+    mlx_vlm: Any, release: Release
+) -> None:
+    """Probes on the loaded code agree with the measured matrix for this release."""
+    report = mlx_vlm_safe.report()
+    assert report.layout == release.layout
+    assert report.probe("wired_limit") == release.wired_limit
+    assert report.probe("empty_stream") == release.empty_stream
+    assert report.probe("result_shape") == release.shape
+    assert report.fix_names() == release.fixes
+
+
+def test_layout_points_at_the_real_home(mlx_vlm: Any, release: Release) -> None:
+    """locate() finds the originals behind our wrappers, in the right module."""
+    located = locate(sys.modules["mlx_vlm"])
+    homes = {
+        "utils": "mlx_vlm.utils",
+        "module": "mlx_vlm.generate",
+        "package": "mlx_vlm.generate.dispatch",
+    }
+    assert located.home == homes[release.layout]
+    assert located.generate is not None
+    assert not getattr(located.generate, "__mlx_vlm_safe__", False)
+    assert "max_tokens" in located.defaults
+    assert located.accepted_kwargs is not None
+    assert "max_tokens" in located.accepted_kwargs
+
+
+# Each variant below copies the control flow of one upstream release family.
+
+
+@contextlib.contextmanager
+def _variant_a(model: Any, streams: Any = None) -> Iterator[None]:
+    """0.1.22-0.3.1: device_info() unconditionally; fails on entry off Metal."""
+    info: dict[str, int] = {}
+    _ = info["max_recommended_working_set_size"]
+    yield
+
+
+@contextlib.contextmanager
+def _variant_b(model: Any, streams: Any = None) -> Iterator[None]:
+    """0.3.2-0.3.10 off Metal: ``finally: return`` swallows everything."""
+    try:
+        yield
+    finally:
+        return  # noqa: B012 - this is the defect being modelled
+
+
+@contextlib.contextmanager
+def _variant_c(model: Any, streams: Any = None) -> Iterator[None]:
+    """0.3.11+: a plain yield; exceptions propagate."""
+    yield
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        (_variant_a, "fails_on_entry"),
+        (_variant_b, "swallows"),
+        (_variant_c, "propagates"),
+        (None, "absent"),
+    ],
+)
+def test_wired_limit_variants(variant: Any, expected: str) -> None:
+    """The probe tells the three upstream variants apart by behaviour alone."""
+    assert probe_wired_limit(variant).outcome == expected
+
+
+def test_empty_stream_probe_does_not_touch_the_module(mlx_vlm: Any) -> None:
+    """The probe runs a clone: the real module global is never swapped."""
+    located = locate(sys.modules["mlx_vlm"])
+    assert located.generate is not None
+    scope = located.generate.__globals__  # type: ignore[attr-defined]
+    before = scope["stream_generate"]
+    probe_empty_stream(located.generate)
+    assert scope["stream_generate"] is before
+
+
+def test_release_table_is_ordered_and_gapless() -> None:
+    """Every range follows the previous one; lookups land where expected."""
+    from packaging.version import Version
+
+    for earlier, later in zip(RELEASES, RELEASES[1:], strict=False):
+        assert Version(earlier.last) < Version(later.first)
+    assert release_for("0.3.4") is release_for("0.3.10")
+    assert release_for("0.3.4") is not None
+    assert release_for("0.3.4").wired_limit == "swallows"  # type: ignore[union-attr]
+    assert release_for("9.9.9") is None
+    assert release_for("not a version") is None
