@@ -159,7 +159,7 @@ def classify(exc: BaseException, policy: RetryPolicy | None = None) -> Verdict:
 def _text(exc: BaseException) -> str:
     try:
         return str(exc).lower()
-    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the error
+    except Exception:  # a broken __str__ must not hide the error
         return ""
 
 
@@ -176,7 +176,7 @@ def _user_match(entry: object, exc: Exception) -> bool:
         return isinstance(exc, entry)
     try:
         return bool(entry(exc))  # type: ignore[operator]
-    except Exception:  # noqa: BLE001 - a broken predicate must not break the call
+    except Exception:  # a broken predicate must not break the call
         _log.warning(
             "retry_on predicate %r raised; treating it as no match",
             entry,

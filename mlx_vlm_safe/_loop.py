@@ -79,7 +79,7 @@ def tokens_of(spec: CallSpec) -> int | None:
         return None
     try:
         return spec.progress()
-    except Exception:  # noqa: BLE001 - bookkeeping must not fail the call
+    except Exception:  # bookkeeping must not fail the call
         return None
 
 
@@ -94,6 +94,39 @@ def is_empty(predicate: Callable[[Any], bool] | None, result: object) -> bool:
             "is_empty predicate raised; result kept", exc_info=True
         )
         return False
+
+
+def resolve(policy: RetryPolicy | Overrides | None) -> RetryPolicy:
+    """Return the policy in force: explicit, or the default with any overrides."""
+    if policy is None:
+        return get_policy()
+    return policy.over(get_policy()) if isinstance(policy, Overrides) else policy
+
+
+def settled_at_once(
+    exc: Exception,
+    policy: RetryPolicy | Overrides | None,
+    state: CallState,
+    clock: Callable[[], float],
+) -> bool:
+    """Settle a first-attempt error no retry can fix, without the loop.
+
+    This is the caller's own error (a bad argument, a missing file): it gets
+    its history attribute and nothing else, no note, no hook, no log, and the
+    caller re-raises it with a bare ``raise`` so the traceback is the one
+    without the wrapper plus one frame. Returns False if it may be retried.
+    """
+    if explain(exc, resolve(policy))[0] is Verdict.RETRY:
+        return False
+    duration = clock() - state.started
+    record = (1, NO_CHANGES, type(exc).__name__, duration, None, 0.0)
+    state.records = (AttemptRecord._make(record),)
+    state.active = False
+    try:  # noqa: SIM105 - contextlib.suppress would double this path's cost
+        exc.mlx_vlm_safe_attempts = state.records  # type: ignore[attr-defined]
+    except Exception:  # a class may refuse attributes
+        pass
+    return True
 
 
 def backoff(policy: RetryPolicy, failed_attempt: int, rt: Runtime) -> float:
@@ -123,9 +156,7 @@ class RetryLoop:
         rt: Runtime,
         stream: bool = False,
     ) -> None:
-        if isinstance(policy, Overrides):
-            policy = policy.over(get_policy())
-        self.policy = policy if policy is not None else get_policy()
+        self.policy = resolve(policy)
         forced = testing_override()  # set_testing() beats every policy
         self.limit = forced[0] if forced else self.policy.attempts
         self.fixed_wait = forced[1] if forced else None
@@ -208,7 +239,7 @@ class RetryLoop:
         started = clock()
         try:
             outcome, failed = self.attempt(args, kwargs), False
-        except Exception as exc:  # noqa: BLE001 - classified by the caller
+        except Exception as exc:  # classified by the caller
             outcome, failed = exc, True
         except BaseException as exc:  # e.g. Ctrl-C: record it, never retry it
             duration = clock() - started

@@ -96,7 +96,7 @@ def notify(hooks: Sequence[RetryHook], method: str, details: RetryDetails) -> No
     for hook in hooks:
         try:
             getattr(hook, method)(details)
-        except Exception:  # noqa: BLE001 - observers never change the outcome
+        except Exception:  # observers never change the outcome
             retry_log.warning(
                 "retry hook %r.%s raised; ignored", hook, method, exc_info=True
             )

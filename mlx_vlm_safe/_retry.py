@@ -23,7 +23,15 @@ from typing import Any, ParamSpec, TypeVar, overload
 import wrapt
 
 from ._ladder import CallSpec, ladder_changes
-from ._loop import DEFAULT_RUNTIME, Overrides, RetryLoop, Runtime, is_empty, tokens_of
+from ._loop import (
+    DEFAULT_RUNTIME,
+    Overrides,
+    RetryLoop,
+    Runtime,
+    is_empty,
+    settled_at_once,
+    tokens_of,
+)
 from ._policy import RetryPolicy
 from ._records import AttemptRecord, RetryDetails, RetryHook
 from ._state import STATE, CallState, interrupted, last_attempts
@@ -73,7 +81,9 @@ def call_with_retry(
     state.started = clock()
     try:
         result = fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - classified in the retry loop
+    except Exception as exc:
+        if settled_at_once(exc, policy, state, clock):
+            raise
         outcome: Any = exc
         failed = True
     except BaseException as exc:
@@ -174,7 +184,9 @@ def _wrap(target: Any, policy: PolicyLike) -> Any:
         state.started = clock()
         try:
             result = wrapped(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - classified in the retry loop
+        except Exception as exc:
+            if settled_at_once(exc, policy, state, clock):
+                raise
             outcome: Any = exc
         except BaseException as exc:
             interrupted(state, exc, clock)

@@ -11,7 +11,14 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ._ladder import CallSpec
-from ._loop import DEFAULT_RUNTIME, Overrides, RetryLoop, Runtime, tokens_of
+from ._loop import (
+    DEFAULT_RUNTIME,
+    Overrides,
+    RetryLoop,
+    Runtime,
+    settled_at_once,
+    tokens_of,
+)
 from ._policy import RetryPolicy
 from ._state import STATE, CallState, interrupted, new_state, records_of
 
@@ -62,7 +69,9 @@ def stream_engine(
     try:
         outcome: Any = attempt(args, kwargs)
         failed = False
-    except Exception as exc:  # noqa: BLE001 - classified in the retry loop
+    except Exception as exc:
+        if settled_at_once(exc, policy, state, clock):
+            raise
         outcome, failed = exc, True
     except BaseException as exc:
         interrupted(state, exc, clock)

@@ -5,8 +5,6 @@ wrong type or wrong value alike: one exception for "this configuration is
 bad" is what callers, and the environment reader, catch.
 """
 
-# ruff: noqa: TRY004
-
 from __future__ import annotations
 
 import math

@@ -12,6 +12,8 @@ import dataclasses
 import gc
 import inspect
 import logging
+import pathlib
+import subprocess
 import sys
 import threading
 import weakref
@@ -1013,3 +1015,55 @@ def test_an_empty_stream_is_retried_and_finally_ends_empty() -> None:
 
     assert list(stream_generate()) == []
     assert len(calls) == 3
+
+
+def test_engine_modules_import_neither_wrapt_nor_asyncio() -> None:
+    code = (
+        "import sys\n"
+        "import mlx_vlm_safe._policy, mlx_vlm_safe._classify, mlx_vlm_safe._loop\n"
+        "import mlx_vlm_safe._stream, mlx_vlm_safe._state, mlx_vlm_safe._ladder\n"
+        "bad = {'wrapt', 'asyncio', 'mlx', 'mlx_vlm', 'PIL'} & set(sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+_TYPING_SNIPPET = """
+from collections.abc import Iterator
+from mlx_vlm_safe._retry import retry
+
+@retry
+def generate(prompt: str, max_tokens: int = 256) -> str:
+    return prompt
+
+@retry(attempts=5)
+def stream(prompt: str) -> Iterator[str]:
+    yield prompt
+
+class Model:
+    @retry
+    def run(self, x: int) -> float:
+        return x / 2
+
+reveal_type(generate)
+reveal_type(stream)
+reveal_type(Model().run)
+generate("a", max_tokens="many")
+"""
+
+
+def test_type_checkers_see_the_wrapped_signature(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("mypy")
+    snippet = tmp_path / "typing_retry.py"
+    snippet.write_text(_TYPING_SNIPPET)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+         "--cache-dir", str(tmp_path / "cache"), str(snippet)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    out = result.stdout
+    assert 'Revealed type is "def (prompt: str, max_tokens: int =) -> str"' in out
+    assert 'Revealed type is "def (prompt: str) -> typing.Iterator[str]"' in out
+    assert 'Revealed type is "def (x: int) -> float"' in out
+    assert 'Argument "max_tokens" to "generate" has incompatible type "str"' in out
+    assert out.count("error:") == 1
