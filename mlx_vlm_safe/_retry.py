@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import wrapt
 
@@ -150,6 +150,34 @@ def retry(
     return decorate if func is None else decorate(func)
 
 
+_Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[..., Any]
+else:
+    _FunctionWrapper = wrapt.FunctionWrapper
+
+
+class _Retrying(_FunctionWrapper):
+    """wrapt's FunctionWrapper, called directly without its method probe.
+
+    Called directly, wrapt's C ``__call__`` first looks up ``__self__`` on a
+    plain function to find a bound instance; the failed lookup raises and
+    clears an ``AttributeError``, about half the wrapper's cost. The retry
+    wrapper needs no instance there (its spec comes from what was decorated),
+    so a direct call goes straight to it. Bound calls (methods) still go
+    through wrapt's binding, which passes the instance.
+    """
+
+    _self_retry: _Wrapper
+
+    def __init__(self, target: Any, wrapper: _Wrapper) -> None:
+        super().__init__(target, wrapper)
+        self._self_retry = wrapper
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        return self._self_retry(self.__wrapped__, None, args, kwargs)
+
+
 def _wrap(target: Any, policy: PolicyLike) -> Any:
     inner = (
         target.__func__ if isinstance(target, classmethod | staticmethod) else target
@@ -209,4 +237,4 @@ def _wrap(target: Any, policy: PolicyLike) -> Any:
         )
         return loop.run(outcome, failed=True)
 
-    return wrapt.FunctionWrapper(target, wrapper)
+    return _Retrying(target, wrapper)
