@@ -16,6 +16,7 @@ from a signature. Rules, each answering a known complaint about retry wrappers:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -140,9 +141,10 @@ def retry(
     ``CallSpec(is_empty=...)`` for that.
     """
     chosen: PolicyLike = policy
-    if policy_overrides:
-        overrides = Overrides(policy_overrides)
-        chosen = overrides.over(policy) if policy is not None else overrides
+    if policy_overrides and policy is not None:
+        chosen = dataclasses.replace(policy, **policy_overrides)
+    elif policy_overrides:
+        chosen = Overrides(policy_overrides)
 
     def decorate(target: Callable[..., Any]) -> Any:
         return _wrap(target, chosen)

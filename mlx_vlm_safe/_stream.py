@@ -59,6 +59,12 @@ def stream_engine(
     policy: PolicyLike,
     rt: Runtime,
 ) -> Iterator[Any]:
+    """Run the stream under the retry policy (``PolicyLike``: see ``_loop``).
+
+    Shared by ``stream_with_retry`` and generator functions under ``@retry``.
+    Nested inside another loop's attempt, or with retries disabled, it just
+    delegates to the stream.
+    """
     if STATE.get().active:
         yield from fn(*args, **kwargs)
         return

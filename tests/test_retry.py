@@ -1067,3 +1067,34 @@ def test_type_checkers_see_the_wrapped_signature(tmp_path: pathlib.Path) -> None
     assert 'Revealed type is "def (x: int) -> float"' in out
     assert 'Argument "max_tokens" to "generate" has incompatible type "str"' in out
     assert out.count("error:") == 1
+
+
+def test_explicit_policy_with_overrides_is_checked_at_decoration() -> None:
+    slow = RetryPolicy(wait_base=0.0, wait_max=0.5)
+    with pytest.raises(ValueError, match="wait_max"):
+        retry(policy=slow, wait_base=1.0)
+    flaky = Flaky(MemoryError(), MemoryError(), MemoryError())
+    with pytest.raises(MemoryError):
+        retry(policy=slow, attempts=2, wait_max=0.0)(flaky)()
+    assert len(flaky.calls) == 2
+
+
+def test_bound_methods_and_callable_objects_can_be_wrapped_directly() -> None:
+    class Model:
+        def __init__(self) -> None:
+            self.budgets: list[int] = []
+
+        def generate(self, prompt: str, max_tokens: int = 2048) -> str:
+            self.budgets.append(max_tokens)
+            if len(self.budgets) < 2:
+                raise MemoryError
+            return prompt
+
+        __call__ = generate
+
+    model = Model()
+    assert retry(policy=_fast())(model.generate)("p", 1000) == "p"
+    assert model.budgets == [1000, 512]
+    other = Model()
+    assert retry(policy=_fast())(other)("q", max_tokens=300) == "q"
+    assert other.budgets == [300, 300]
