@@ -161,7 +161,12 @@ for name, module in list(sys.modules.items()):
         for attr in ("generate", "stream_generate"):
             value = getattr(module, attr, None)
             if callable(value) and not isinstance(value, type(sys)):
-                bound[name + "." + attr] = bool(getattr(value, "__mlx_vlm_safe__", False))
+                ours = bool(getattr(value, "__mlx_vlm_safe__", False))
+                if getattr(value, "__name__", "") == "<lambda>":
+                    # 0.6+ server routes: call-time lookup of mlx_vlm.server.<attr>
+                    server = sys.modules["mlx_vlm.server"]
+                    ours = getattr(getattr(server, attr), "__mlx_vlm_safe__", False)
+                bound[name + "." + attr] = ours
 print(json.dumps({"status": report.status, "bound": bound,
                   "unreachable": list(report.unreachable)}))
 """
