@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import sys
 from collections.abc import Callable, Iterator
@@ -42,7 +43,9 @@ def _scenarios() -> list[Scenario]:
             lambda: plant_fault(RuntimeError("decoder failed"), after_tokens=3),
         ),
         Scenario(
-            "Ctrl-C after 2 tokens", {}, lambda: plant_fault(KeyboardInterrupt, after_tokens=2)
+            "Ctrl-C after 2 tokens",
+            {},
+            lambda: plant_fault(KeyboardInterrupt, after_tokens=2),
         ),
         Scenario("stream ends with nothing", {}, empty_stream),
         Scenario(
@@ -79,7 +82,9 @@ def _outcome(call: Callable[[], object], patched: bool) -> str:
 
 
 @contextlib.contextmanager
-def _maybe(fault: Callable[[], contextlib.AbstractContextManager[Any]] | None) -> Iterator[None]:
+def _maybe(
+    fault: Callable[[], contextlib.AbstractContextManager[Any]] | None,
+) -> Iterator[None]:
     if fault is None:
         yield
     else:
@@ -117,14 +122,24 @@ def run(out: TextIO = sys.stdout, max_tokens: int = 8) -> int:
             with _maybe(scenario.fault):
                 cells.append(
                     _outcome(
-                        lambda kw=kwargs: mlx_vlm.generate(model, processor, prompt, **kw),
+                        functools.partial(
+                            mlx_vlm.generate, model, processor, prompt, **kwargs
+                        ),
                         patched,
                     )
                 )
         rows.append((scenario.title, cells[0], cells[1]))
     _patch.patch()
-    widths = [max(len(r[i]) for r in [*rows, ("call", "unpatched", "patched")]) for i in range(3)]
+    widths = [
+        max(len(r[i]) for r in [*rows, ("call", "unpatched", "patched")])
+        for i in range(3)
+    ]
     header = ("call", "what the caller gets unpatched", "patched (mlx_vlm_safe)")
     for row in (header, *rows):
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        out.write(
+            "  ".join(
+                cell.ljust(w) for cell, w in zip(row, widths, strict=True)
+            ).rstrip()
+            + "\n"
+        )
     return 0

@@ -27,6 +27,7 @@ def parse_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
         ValueError: the value is not one of the spellings we accept. We refuse
             to guess, because a typo in a kill switch must not silently leave
             the patch on (or off).
+
     """
     env = os.environ if environ is None else environ
     raw = env.get(name)

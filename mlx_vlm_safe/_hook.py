@@ -111,4 +111,4 @@ def install(callback: Callable[[ModuleType], None]) -> None:
         if isinstance(finder, PostImportFinder):
             finder.callback = callback
             return
-    sys.meta_path.insert(0, PostImportFinder(callback))  # type: ignore[arg-type]
+    sys.meta_path.insert(0, PostImportFinder(callback))

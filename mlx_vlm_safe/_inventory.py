@@ -13,7 +13,6 @@ from types import ModuleType
 
 from ._hook import is_target
 
-
 _ABSENT = object()
 
 

@@ -168,7 +168,9 @@ def _plan(located: Located, behaviour: Behaviour, wired: Probe) -> None:
     """Decide the replacements; nothing in mlx_vlm is touched yet."""
     plan = _STATE.replacements
     if located.wired_limit is not None and wired.outcome != "propagates":
-        fix = "propagate_errors" if wired.outcome == "swallows" else "generate_off_metal"
+        fix = (
+            "propagate_errors" if wired.outcome == "swallows" else "generate_off_metal"
+        )
         plan[id(located.wired_limit)] = (
             located.wired_limit,
             safe_wired_limit(located.wired_limit),
@@ -308,6 +310,7 @@ def patch(*, strict: bool = False) -> Report:
         ValueError: ``strict`` is not a bool, or ``MLX_VLM_SAFE_DISABLE`` has
             a value that is not a boolean.
         PatchError: with ``strict=True`` only.
+
     """
     if not isinstance(strict, bool):
         raise ValueError(f"strict must be True or False, got {strict!r}")
@@ -330,7 +333,7 @@ def patch(*, strict: bool = False) -> Report:
             raise PatchError(f"mlx-vlm cannot be imported: {exc}") from exc
         return report()
     with _LOCK:
-        if _STATE.status != "patched":
+        if not is_patched():  # the import hook may have patched it already
             _apply(package, strict=strict)
     return report(inventory=False)
 
@@ -367,6 +370,7 @@ def report(*, inventory: bool = True) -> Report:
             stale references outside mlx-vlm. That reads every installed
             package's metadata and walks every loaded module (~100 ms), so
             ``patch()`` returns its report without it.
+
     """
     from ._inventory import distributions, metadata_version, unreachable
 

@@ -83,22 +83,20 @@ class _Model:
 
 def _clone(fn: Callable[..., Any], **globals_: object) -> Callable[..., Any]:
     """A copy of ``fn`` that resolves some globals privately."""
-    code = fn.__code__  # type: ignore[attr-defined]
-    scope = {**fn.__globals__, **globals_}  # type: ignore[attr-defined]
+    code = fn.__code__
+    scope = {**fn.__globals__, **globals_}
     clone = types.FunctionType(
         code,
         scope,
         fn.__name__,
-        fn.__defaults__,  # type: ignore[attr-defined]
-        fn.__closure__,  # type: ignore[attr-defined]
+        fn.__defaults__,
+        fn.__closure__,
     )
-    clone.__kwdefaults__ = fn.__kwdefaults__  # type: ignore[attr-defined]
+    clone.__kwdefaults__ = fn.__kwdefaults__
     return clone
 
 
-def _run_with_stream(
-    generate: Callable[..., Any], items: tuple[object, ...]
-) -> object:
+def _run_with_stream(generate: Callable[..., Any], items: tuple[object, ...]) -> object:
     def fake_stream(*args: object, **kwargs: object) -> Iterator[object]:
         yield from items
 
@@ -107,7 +105,7 @@ def _run_with_stream(
 
 
 def probe_empty_stream(generate: Callable[..., Any]) -> Probe:
-    """Does ``generate`` survive a stream that yields nothing?"""
+    """Check whether ``generate`` survives a stream that yields nothing."""
     try:
         _run_with_stream(generate, ())
     except AttributeError as exc:
@@ -119,7 +117,9 @@ def probe_empty_stream(generate: Callable[..., Any]) -> Probe:
     return Probe("empty_stream", "guarded")
 
 
-def probe_result_shape(generate: Callable[..., Any], item: object) -> tuple[Probe, object]:
+def probe_result_shape(
+    generate: Callable[..., Any], item: object
+) -> tuple[Probe, object]:
     """What does ``generate`` return for a one-item stream? Returns the value too."""
     try:
         value = _run_with_stream(generate, (item,))

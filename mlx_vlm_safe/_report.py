@@ -52,6 +52,7 @@ class Report:
             an original function (captured before the patch). Those calls get
             the root-cause fixes but not the None-safe result or the retries.
         warnings: human-readable notes (unknown release, failed probes ...).
+
     """
 
     status: Status

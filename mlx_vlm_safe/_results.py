@@ -31,6 +31,7 @@ class Outcome:
             ``"length"`` (it reached ``max_tokens``) or ``"empty"`` (nothing
             was generated and no error was raised).
         generation_tokens: tokens generated, as the release counted them.
+
     """
 
     finish_reason: FinishReason
@@ -40,6 +41,11 @@ class Outcome:
 LAST_OUTCOME: ContextVar[Outcome | None] = ContextVar(
     "mlx_vlm_safe_last_outcome", default=None
 )
+
+
+#: Tokens the last stream attempt in this context produced, error or not; the
+#: retry layer records it per attempt.
+TOKENS: ContextVar[int] = ContextVar("mlx_vlm_safe_tokens", default=0)
 
 
 def last_outcome() -> Outcome | None:
@@ -52,8 +58,10 @@ def last_outcome() -> Outcome | None:
 
 
 def _zero(field: dataclasses.Field[object]) -> object:
-    hint = field.type if isinstance(field.type, str) else getattr(
-        field.type, "__name__", ""
+    hint = (
+        field.type
+        if isinstance(field.type, str)
+        else getattr(field.type, "__name__", "")
     )
     return _ZERO_BY_NAME.get(str(hint), None)
 
@@ -77,7 +85,7 @@ def build_result(result_class: type, **values: object) -> object:
 
 
 def peak_memory_gb() -> float:
-    """mlx's peak memory in GB, as upstream reports it; 0.0 if unknown."""
+    """Mlx's peak memory in GB, as upstream reports it; 0.0 if unknown."""
     mx = sys.modules.get("mlx.core")
     getter = getattr(mx, "get_peak_memory", None)
     try:
@@ -91,7 +99,10 @@ def empty_result(
 ) -> object:
     """The empty result of the installed release's shape."""
     if shape == "tuple":
-        zeroed = {k: type(v)() if isinstance(v, (int, float)) else v for k, v in (stats or {}).items()}
+        zeroed = {
+            k: type(v)() if isinstance(v, (int, float)) else v
+            for k, v in (stats or {}).items()
+        }
         return ("", zeroed)
     if shape == "result" and result_class is not None:
         values: dict[str, object] = {"text": ""}

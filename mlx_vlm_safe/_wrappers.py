@@ -26,9 +26,11 @@ import dataclasses
 import functools
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from ._results import LAST_OUTCOME, Outcome, empty_result, finish_reason_of
+from ._results import LAST_OUTCOME, TOKENS, Outcome, empty_result, finish_reason_of
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +50,10 @@ class Behaviour:
         return empty_result(self.shape, self.result_class, self.stats)
 
 
-def _mark(wrapper: Any, original: Callable[..., Any]) -> Any:
+def _mark(wrapper: F, original: Callable[..., Any]) -> F:
+    """Copy name, docs and ``__wrapped__``; mark as ours so we never stack."""
     functools.update_wrapper(wrapper, original)
-    wrapper.__mlx_vlm_safe__ = True
+    wrapper.__mlx_vlm_safe__ = True  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -96,9 +99,8 @@ def check_max_tokens(kwargs: Mapping[str, object]) -> None:
         raise ValueError(f"max_tokens must be >= 0, got {value!r}")
 
 
-def _guarded(
-    stream: Iterator[object], behaviour: Behaviour, max_tokens: object
-) -> Iterator[object]:
+def _observed(stream: Iterator[object], max_tokens: object) -> Iterator[object]:
+    """Pass items through; record how many tokens came and why the stream ended."""
     items = 0
     last: object = None
     LAST_OUTCOME.set(None)
@@ -108,13 +110,27 @@ def _guarded(
             last = item
             yield item
     finally:
+        tokens = getattr(last, "generation_tokens", items)
+        TOKENS.set(tokens if isinstance(tokens, int) else items)
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-    outcome = finish_reason_of(last, items, max_tokens)
-    LAST_OUTCOME.set(outcome)
-    if items == 0 and behaviour.never_empty:
-        yield behaviour.empty_item
+    LAST_OUTCOME.set(finish_reason_of(last, items, max_tokens))
+
+
+def _never_empty(stream: Iterator[object], empty_item: object) -> Iterator[object]:
+    """Yield ``empty_item`` if ``stream`` ends without an item."""
+    items = 0
+    try:
+        for item in stream:
+            items += 1
+            yield item
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    if items == 0:
+        yield empty_item
 
 
 def wrap_stream_generate(
@@ -122,18 +138,27 @@ def wrap_stream_generate(
     behaviour: Behaviour,
     retrying: Callable[..., Iterator[object]] | None = None,
 ) -> Callable[..., Iterator[object]]:
-    """Wrap ``stream_generate``; ``retrying`` adds the retry-before-first-item."""
+    """Wrap ``stream_generate``: observe, retry before the first item, never empty.
 
-    def guarded(*args: object, **kwargs: object) -> Iterator[object]:
-        check_max_tokens(kwargs)
-        max_tokens = kwargs.get("max_tokens", behaviour.default_max_tokens)
-        return _guarded(original(*args, **kwargs), behaviour, max_tokens)
+    The layers, outermost first: the never-empty guard (only where the
+    release's ``generate()`` needs it), the retry policy (which must still see
+    an empty stream as empty, so it sits inside the guard), the observer.
+    """
+    default_max_tokens = behaviour.default_max_tokens
 
-    if retrying is None:
-        return _mark(guarded, original)
+    def observed(*args: object, **kwargs: object) -> Iterator[object]:
+        max_tokens = kwargs.get("max_tokens", default_max_tokens)
+        return _observed(original(*args, **kwargs), max_tokens)
 
     def stream_generate(*args: object, **kwargs: object) -> Iterator[object]:
-        return retrying(guarded, args, kwargs)
+        check_max_tokens(kwargs)
+        if retrying is None:
+            stream = observed(*args, **kwargs)
+        else:
+            stream = retrying(observed, args, kwargs)
+        if behaviour.never_empty:
+            return _never_empty(stream, behaviour.empty_item)
+        return stream
 
     return _mark(stream_generate, original)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,13 +33,10 @@ class FaultRecord:
 
 
 def _stream_scope() -> dict[str, Any]:
-    package = sys.modules.get("mlx_vlm")
-    if package is None:
-        import mlx_vlm as package
-    located = locate(package)
+    located = locate(importlib.import_module("mlx_vlm"))
     if located.stream_generate is None:
         raise RuntimeError("this mlx-vlm release has no stream_generate to plant into")
-    scope: dict[str, Any] = located.stream_generate.__globals__  # type: ignore[attr-defined]
+    scope: dict[str, Any] = located.stream_generate.__globals__
     if not callable(scope.get("generate_step")):
         raise RuntimeError("this mlx-vlm release has no generate_step seam")
     return scope
@@ -65,6 +62,7 @@ def plant_fault(
 
     Yields:
         A :class:`FaultRecord` to assert on.
+
     """
     if after_tokens is not None and after_tokens < 0:
         raise ValueError(f"after_tokens must be >= 0 or None, got {after_tokens!r}")
@@ -113,16 +111,13 @@ def empty_stream() -> Iterator[FaultRecord]:
     reference and every wrapper sees the change); only its code is swapped for
     the duration.
     """
-    package = sys.modules.get("mlx_vlm")
-    if package is None:
-        import mlx_vlm as package
-    function = locate(package).stream_generate
+    function = locate(importlib.import_module("mlx_vlm")).stream_generate
     if function is None:
         raise RuntimeError("this mlx-vlm release has no stream_generate")
     record = FaultRecord(fired=1)
-    saved = function.__code__  # type: ignore[attr-defined]
-    function.__code__ = _nothing.__code__  # type: ignore[attr-defined]
+    saved = function.__code__
+    function.__code__ = _nothing.__code__
     try:
         yield record
     finally:
-        function.__code__ = saved  # type: ignore[attr-defined]
+        function.__code__ = saved

@@ -1,0 +1,83 @@
+"""Wire the generic retry engine to the installed release's generate path.
+
+Strictly private. The engine (``_retry``) knows nothing about mlx-vlm; this
+module tells it what it needs: which keywords the release accepts (so the
+ladder never injects one it does not know), the release's defaults (so a step
+never raises the caller's budget above them), when a result counts as empty,
+and how many tokens an attempt produced.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from ._ladder import CallSpec
+from ._layout import LADDER_KEYWORDS, Located
+from ._results import LAST_OUTCOME, TOKENS
+from ._retry import call_with_retry, stream_with_retry
+from ._wrappers import Behaviour
+
+CallRunner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
+StreamRunner = Callable[
+    [Callable[..., Iterator[Any]], tuple[Any, ...], Mapping[str, Any]], Iterator[Any]
+]
+
+
+def _empty_generation(result: object) -> bool:
+    """An attempt that produced nothing and raised nothing."""
+    if result is None:
+        return True
+    outcome = LAST_OUTCOME.get()
+    return outcome is not None and outcome.finish_reason == "empty"
+
+
+def _tokens() -> int:
+    return TOKENS.get()
+
+
+def _positions(function: Callable[..., Any] | None) -> dict[str, int]:
+    """Where a ladder keyword can be passed by position (0.1.0-0.1.6 generate)."""
+    if function is None:
+        return {}
+    params = list(inspect.signature(function).parameters.values())
+    return {
+        p.name: i
+        for i, p in enumerate(params)
+        if p.name in LADDER_KEYWORDS
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def runners(located: Located, behaviour: Behaviour) -> tuple[CallRunner, StreamRunner]:
+    """The retry runners for ``generate()`` and ``stream_generate()``."""
+    generate_spec = CallSpec(
+        name=behaviour.name,
+        accepted_kwargs=located.accepted_kwargs,
+        defaults=located.defaults,
+        is_empty=_empty_generation,
+        progress=_tokens,
+        positions=_positions(located.generate),
+    )
+    stream_spec = CallSpec(
+        name=behaviour.name.replace("generate", "stream_generate"),
+        accepted_kwargs=located.accepted_kwargs,
+        defaults=located.defaults,
+        progress=_tokens,
+        positions=_positions(located.stream_generate),
+    )
+
+    def call(
+        fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> Any:
+        return call_with_retry(fn, args, kwargs, spec=generate_spec)
+
+    def stream(
+        fn: Callable[..., Iterator[Any]],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+    ) -> Iterator[Any]:
+        return stream_with_retry(fn, args, kwargs, spec=stream_spec)
+
+    return call, stream
