@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._patch import PatchError, is_patched, patch, report, unpatch
+    from ._policy import (
+        RetryPolicy,
+        configure,
+        get_policy,
+        is_testing,
+        reset_config,
+        set_testing,
+    )
+    from ._records import AttemptRecord, RetryDetails, RetryHook
+    from ._retry import retry
+    from ._state import last_attempts, retries_disabled
     from ._probe import Probe
     from ._report import Fix, Report
     from ._results import Outcome, last_outcome
@@ -37,18 +48,42 @@ _LAZY = {
     "Report": "._report",
     "Outcome": "._results",
     "last_outcome": "._results",
+    "RetryPolicy": "._policy",
+    "configure": "._policy",
+    "get_policy": "._policy",
+    "is_testing": "._policy",
+    "reset_config": "._policy",
+    "set_testing": "._policy",
+    "AttemptRecord": "._records",
+    "RetryDetails": "._records",
+    "RetryHook": "._records",
+    "retry": "._retry",
+    "last_attempts": "._state",
+    "retries_disabled": "._state",
 }
 
 __all__ = [
+    "AttemptRecord",
     "Fix",
     "Outcome",
     "PatchError",
     "Probe",
     "Report",
+    "RetryDetails",
+    "RetryHook",
+    "RetryPolicy",
+    "configure",
+    "get_policy",
     "is_patched",
+    "is_testing",
+    "last_attempts",
     "last_outcome",
     "patch",
     "report",
+    "reset_config",
+    "retries_disabled",
+    "retry",
+    "set_testing",
     "unpatch",
 ]
 
