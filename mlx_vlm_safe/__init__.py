@@ -30,12 +30,12 @@ if TYPE_CHECKING:
         reset_config,
         set_testing,
     )
-    from ._records import AttemptRecord, RetryDetails, RetryHook
-    from ._retry import retry
-    from ._state import last_attempts, retries_disabled
     from ._probe import Probe
+    from ._records import AttemptRecord, RetryDetails, RetryHook
     from ._report import Fix, Report
     from ._results import Outcome, last_outcome
+    from ._retry import retry
+    from ._state import last_attempts, retries_disabled
 
 _LAZY = {
     "PatchError": "._patch",
