@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         configure,
         get_policy,
         is_testing,
+        policy_from_env,
         reset_config,
         set_testing,
     )
@@ -52,6 +53,7 @@ _LAZY = {
     "configure": "._policy",
     "get_policy": "._policy",
     "is_testing": "._policy",
+    "policy_from_env": "._policy",
     "reset_config": "._policy",
     "set_testing": "._policy",
     "AttemptRecord": "._records",
@@ -79,6 +81,7 @@ __all__ = [
     "last_attempts",
     "last_outcome",
     "patch",
+    "policy_from_env",
     "report",
     "reset_config",
     "retries_disabled",
