@@ -1,0 +1,540 @@
+"""``mlx-vlm-safe doctor [--json] [--live]``: diagnose this environment.
+
+Strictly private. For an operator who cannot read code: what is installed,
+what the behaviour probes found on this device, what the patch does in this
+process, and plain verdict lines. The exit status is the verdict, so a
+deploy script can act on it:
+
+====  ================  ====================================================
+code  ``status``        meaning
+====  ================  ====================================================
+0     healthy           mlx-vlm generates here; nothing on its generate()
+                        path needs a root-cause fix
+3     affected-fixed    the release has a defect here (swallowed errors,
+                        failing wired_limit, unguarded empty stream) and the
+                        patch fixes it in processes where it is active
+4     cannot-generate   mlx or mlx-vlm cannot load on this machine, wired_limit
+                        fails and the patch is off, or ``--live`` failed
+5     not-installed     mlx-vlm is not installed in this environment
+6     error             affected and the patch is not in place (kill switch,
+                        patch failure), or doctor itself failed
+====  ================  ====================================================
+
+(2 stays argparse's usage error.) ``--json`` prints one object with the same
+content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
+``null`` where a fact is unknown:
+
+* ``schema`` (str), ``status`` (str, above), ``exit_code`` (int)
+* ``python``: ``version``, ``executable``, ``platform``
+* ``packages``: distribution name -> installed version or ``null``, for
+  mlx, mlx-cpu, mlx-cuda, mlx-metal, mlx-vlm, transformers, wrapt, mlx-vlm-safe
+* ``mlx``: ``importable`` (bool), ``version``, ``error``
+* ``device``: ``"metal"``, ``"cuda"``, ``"cpu"`` or ``"unknown"``
+* ``mlx_vlm``: ``installed``, ``importable`` (bool), ``error``, ``version``
+  (its ``__version__``), ``metadata_version``, ``distributions`` (list),
+  ``release`` (the known behaviour range, e.g. ``"0.3.2-0.3.10"``)
+* ``layout``: ``kind`` (utils/module/package/unknown), ``home``
+* ``probes``: list of ``{name, outcome, detail}``
+* ``patch``: ``status`` (see ``Report.status``), ``active`` (bool),
+  ``fixes`` (list of ``{name, reason, targets}``), ``unreachable`` (list),
+  ``warnings`` (list)
+* ``activation``: ``autopatch_variable`` (raw value of
+  ``MLX_VLM_SAFE_AUTOPATCH``), ``autopatch`` (true/false, ``null`` if
+  malformed), ``activated_at_start`` (bool), ``pth`` (path of the installed
+  hook or ``null``), ``disable_variable`` (raw ``MLX_VLM_SAFE_DISABLE``)
+* ``affected`` (bool or ``null``), ``verdicts`` (list of sentences),
+  ``warnings`` (list)
+* ``live``: ``null`` without ``--live``, else ``{ok, tokens, text,
+  finish_reason, seconds, error}``
+
+If doctor itself fails, the object has only ``schema``, ``status``
+(``"error"``), ``exit_code`` (6) and ``error``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import sys
+import textwrap
+import time
+from types import ModuleType
+from typing import Any, TextIO
+
+from ._launch import AUTOPATCH
+from ._probe import Probe
+from ._report import Fix
+
+SCHEMA = "mlx_vlm_safe.doctor/1"
+
+HEALTHY = 0
+AFFECTED_FIXED = 3
+CANNOT_GENERATE = 4
+NOT_INSTALLED = 5
+ERROR = 6
+STATUS = {
+    HEALTHY: "healthy",
+    AFFECTED_FIXED: "affected-fixed",
+    CANNOT_GENERATE: "cannot-generate",
+    NOT_INSTALLED: "not-installed",
+    ERROR: "error",
+}
+
+PACKAGES = (
+    "mlx",
+    "mlx-cpu",
+    "mlx-cuda",
+    "mlx-metal",
+    "mlx-vlm",
+    "transformers",
+    "wrapt",
+    "mlx-vlm-safe",
+)
+PTH = "mlx_vlm_safe_autopatch.pth"
+LIVE_TOKENS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class MlxVlm:
+    """mlx-vlm as found: installed, importable, and which release it claims."""
+
+    installed: bool
+    importable: bool = False
+    error: str | None = None
+    version: str | None = None
+    metadata_version: str | None = None
+    distributions: tuple[str, ...] = ()
+    release: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchState:
+    """What the patch does in this (the doctor's) process."""
+
+    status: str
+    active: bool = False
+    fixes: tuple[Fix, ...] = ()
+    unreachable: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """How the patch gets into *other* processes of this environment."""
+
+    autopatch_variable: str | None
+    autopatch: bool | None
+    activated_at_start: bool
+    pth: str | None
+    disable_variable: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Live:
+    """One real generation on the built-in tiny checkpoint."""
+
+    ok: bool
+    tokens: int | None = None
+    text: str = ""
+    finish_reason: str | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """Everything ``doctor`` prints; ``dataclasses.asdict`` is the JSON."""
+
+    schema: str
+    status: str
+    exit_code: int
+    python: dict[str, str]
+    packages: dict[str, str | None]
+    mlx: dict[str, Any]
+    device: str
+    mlx_vlm: MlxVlm
+    layout: dict[str, str | None]
+    probes: tuple[Probe, ...]
+    patch: PatchState
+    activation: Activation
+    affected: bool | None
+    verdicts: tuple[str, ...]
+    warnings: tuple[str, ...]
+    live: Live | None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _packages() -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _activation() -> Activation:
+    import site
+
+    from . import _env
+
+    raw = os.environ.get(AUTOPATCH)
+    try:
+        wanted: bool | None = _env.parse_flag(AUTOPATCH)
+    except ValueError:
+        wanted = None
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    pth = next(
+        (os.path.join(d, PTH) for d in dirs if os.path.isfile(os.path.join(d, PTH))),
+        None,
+    )
+    boot = sys.modules.get("_mlx_vlm_safe_autopatch")
+    return Activation(
+        autopatch_variable=raw,
+        autopatch=wanted,
+        activated_at_start=bool(getattr(boot, "activated", False)),
+        pth=pth,
+        disable_variable=os.environ.get(_env.DISABLE),
+    )
+
+
+def _mlx() -> tuple[dict[str, Any], str]:
+    """Whether mlx's core loads here (plain ``mlx`` on Linux does not), and where."""
+    try:
+        mx = importlib.import_module("mlx.core")
+    except Exception as exc:  # a missing libmlx.so is an ImportError or OSError
+        return {
+            "importable": False,
+            "version": None,
+            "error": _describe(exc),
+        }, "unknown"
+    device = "cpu"
+    for name in ("metal", "cuda"):
+        available = getattr(getattr(mx, name, None), "is_available", None)
+        with contextlib.suppress(Exception):
+            if callable(available) and available():
+                device = name
+                break
+    version = getattr(mx, "__version__", None)
+    return {"importable": True, "version": version, "error": None}, device
+
+
+def _patch_state(
+    mlx_vlm: ModuleType,
+) -> tuple[PatchState, tuple[Probe, ...], dict[str, str | None]]:
+    """The patch's own report; our own probes when the patch did not run."""
+    from . import _patch
+
+    with contextlib.suppress(ValueError):  # a malformed kill switch: reported below
+        _patch.patch()
+    report = _patch.report()
+    state = PatchState(
+        status=report.status,
+        active=report.active,
+        fixes=report.fixes,
+        unreachable=report.unreachable,
+        warnings=report.warnings,
+    )
+    probes, layout = report.probes, {"kind": report.layout, "home": report.home}
+    if not probes:
+        from ._layout import locate
+        from ._probe import probe_empty_stream, probe_wired_limit
+
+        located = locate(mlx_vlm)
+        found = [probe_wired_limit(located.wired_limit)]
+        if located.generate is not None:
+            found.append(probe_empty_stream(located.generate))
+        probes, layout = tuple(found), {"kind": located.kind, "home": located.home}
+    return state, probes, layout
+
+
+def _live(mlx_vlm: ModuleType, home: str | None) -> Live:
+    """Load the tiny checkpoint and generate ``LIVE_TOKENS`` tokens, for real."""
+    from ._results import last_outcome
+    from .testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
+
+    generate = getattr(mlx_vlm, "generate", None)
+    if not callable(generate) and home in sys.modules:  # 0.1.x: the CLI module
+        generate = getattr(sys.modules[home], "generate", None)
+    start = time.perf_counter()
+    try:
+        model, processor = mlx_vlm.load(str(build_tiny_checkpoint()))
+        prompt = tiny_prompt(processor, model.config, "Describe the picture.")
+        result = generate(  # type: ignore[misc]
+            model,
+            processor,
+            prompt,
+            image=[str(tiny_image_path())],
+            max_tokens=LIVE_TOKENS,
+            verbose=False,
+        )
+    except Exception as exc:
+        return Live(ok=False, seconds=time.perf_counter() - start, error=_describe(exc))
+    seconds = time.perf_counter() - start
+    if isinstance(result, tuple):  # 0.1.26-0.2.0: (text, stats)
+        result = result[0]
+    text = result if isinstance(result, str) else str(getattr(result, "text", ""))
+    tokens = getattr(result, "generation_tokens", None)
+    outcome = last_outcome()
+    return Live(
+        ok=True,
+        tokens=tokens if isinstance(tokens, int) else None,
+        text=text,
+        finish_reason=outcome.finish_reason if outcome else None,
+        seconds=round(seconds, 3),
+    )
+
+
+@dataclasses.dataclass
+class _Findings:
+    """What ``collect`` has found so far; frozen into a ``Diagnosis`` at the end."""
+
+    found: MlxVlm
+    patch: PatchState = PatchState(status="not-installed")
+    probes: tuple[Probe, ...] = ()
+    layout: dict[str, str | None] = dataclasses.field(
+        default_factory=lambda: {"kind": "unknown", "home": None}
+    )
+    live: Live | None = None
+    verdicts: list[str] = dataclasses.field(default_factory=list)
+
+
+def _elsewhere(a: Activation) -> str:
+    """Whether *other* Python processes of this environment get the patch."""
+    if a.autopatch and a.pth:
+        return (
+            f"Other Python processes of this environment: patched at start-up "
+            f"({AUTOPATCH} is set and the .pth hook is installed)."
+        )
+    how = f"set {AUTOPATCH}=1" if a.pth else "start them with mlx-vlm-safe run"
+    return (
+        "Other Python processes of this environment: patched only if they "
+        f"import mlx_vlm_safe; to patch them without code changes, {how}."
+    )
+
+
+def _exit_code(
+    f: _Findings, mlx: dict[str, Any], outcomes: dict[str, str], needed: set[str]
+) -> int:
+    if not f.found.installed:
+        return NOT_INSTALLED
+    if not (f.found.importable and mlx["importable"]) or (f.live and not f.live.ok):
+        return CANNOT_GENERATE
+    applied = {fix.name for fix in f.patch.fixes} if f.patch.active else set()
+    missing = needed - applied
+    if "generate_off_metal" in missing:  # wired_limit fails: nothing generates
+        return CANNOT_GENERATE
+    if missing:
+        return ERROR
+    return AFFECTED_FIXED if needed else HEALTHY
+
+
+def _examine(live: bool) -> _Findings:
+    """Import mlx-vlm, let the patch probe and patch it, optionally generate."""
+    if importlib.util.find_spec("mlx_vlm") is None:
+        return _Findings(
+            MlxVlm(installed=False),
+            verdicts=[
+                f"mlx-vlm is not installed for {sys.executable}: nothing to patch. "
+                'Install it with "mlx[cpu]" (Linux) or mlx (macOS).'
+            ],
+        )
+    try:
+        module = importlib.import_module("mlx_vlm")
+    except Exception as exc:
+        from ._inventory import metadata_version
+
+        error = _describe(exc)
+        return _Findings(
+            MlxVlm(installed=True, error=error, metadata_version=metadata_version()),
+            verdicts=[f"mlx-vlm is installed but cannot be imported here: {error}"],
+        )
+    from ._inventory import distributions, metadata_version
+    from ._releases import release_for
+
+    version = getattr(module, "__version__", None)
+    version = version if isinstance(version, str) else None
+    row = release_for(version)
+    findings = _Findings(
+        MlxVlm(
+            installed=True,
+            importable=True,
+            version=version,
+            metadata_version=metadata_version(),
+            distributions=distributions(),
+            release=f"{row.first}-{row.last}" if row else None,
+        )
+    )
+    findings.patch, findings.probes, findings.layout = _patch_state(module)
+    if live:
+        findings.live = _live(module, findings.layout["home"])
+    return findings
+
+
+def collect(*, live: bool = False) -> Diagnosis:
+    """Gather every fact and verdict; imports mlx-vlm (and patches it)."""
+    python = {
+        "version": platform.python_version(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+    }
+    packages, activation = _packages(), _activation()
+    mlx, device = _mlx()
+    f = _examine(live)
+    verdicts, warnings = f.verdicts, list[str]()
+    if mlx["error"] and packages["mlx"] is not None:
+        verdicts.append(
+            f"mlx cannot run on this machine ({mlx['error']}). On Linux install "
+            '"mlx[cpu]" or "mlx[cuda]": plain mlx has no Linux backend.'
+        )
+    outcomes = {p.name: p.outcome for p in f.probes}
+    needed: set[str] = set()
+    if f.found.importable:
+        from . import _verdicts  # needs packaging: only once mlx-vlm is there
+
+        needed = {
+            fix
+            for (probe, outcome), fix in _verdicts.NEEDED_FIX.items()
+            if outcomes.get(probe) == outcome
+        }
+        applied = {fix.name for fix in f.patch.fixes}
+        verdicts += _verdicts.affected(device, f.found.version, outcomes)
+        verdicts.append(_verdicts.fixed_here(f.patch.status, needed, applied))
+        verdicts += [_verdicts.pinning(), _verdicts.upstream(f.found.version)]
+        warnings += _verdicts.version_warnings(
+            f.found.version, f.found.metadata_version, f.found.distributions
+        )
+    if f.found.importable:
+        verdicts.append(_elsewhere(activation))
+    if activation.autopatch_variable is not None and activation.autopatch is None:
+        warnings.append(
+            f"{AUTOPATCH}={activation.autopatch_variable!r} is not a boolean: "
+            "ignored, nothing is activated at start-up."
+        )
+    code = _exit_code(f, mlx, outcomes, needed)
+    return Diagnosis(
+        schema=SCHEMA,
+        status=STATUS[code],
+        exit_code=code,
+        python=python,
+        packages=packages,
+        mlx=mlx,
+        device=device,
+        mlx_vlm=f.found,
+        layout=f.layout,
+        probes=f.probes,
+        patch=f.patch,
+        activation=activation,
+        affected=bool(needed) if f.probes else None,
+        verdicts=tuple(verdicts),
+        warnings=tuple(warnings + list(f.patch.warnings)),
+        live=f.live,
+    )
+
+
+def _row(label: str, value: object) -> str:
+    return f"  {label:<14}{value}\n"
+
+
+def _wrap(bullet: str, text: str) -> str:
+    return (
+        textwrap.fill(text, 88, initial_indent=bullet, subsequent_indent="    ") + "\n"
+    )
+
+
+def render(d: Diagnosis) -> str:
+    """The human-readable form: facts, probes, patch, then verdicts."""
+    v = d.packages
+    backends = [f"{n} {v[n]}" for n in ("mlx-cpu", "mlx-cuda", "mlx-metal") if v[n]]
+    mlx = f"{v['mlx'] or '-'} ({', '.join(backends) or 'no backend package'})"
+    if v["mlx"] is None and not d.mlx["importable"]:
+        mlx = "not installed"
+    elif d.mlx["error"]:
+        mlx += f"; cannot load: {d.mlx['error']}"
+    m = d.mlx_vlm
+    mlx_vlm = "not installed"
+    if m.installed and not m.importable:
+        mlx_vlm = f"{m.metadata_version or '?'} (metadata); cannot be imported"
+    elif m.installed:
+        mlx_vlm = (
+            f"{m.version or '?'} (__version__), {m.metadata_version or '-'} (metadata)"
+        )
+        if m.release:
+            mlx_vlm += f"; behaves like {m.release}"
+    out = ["mlx-vlm-safe doctor\n"]
+    out += [
+        _row("python", f"{d.python['version']} ({d.python['executable']})"),
+        _row("platform", d.python["platform"]),
+        _row("mlx", mlx),
+        _row("mlx-vlm", mlx_vlm),
+        _row("transformers", v["transformers"] or "-"),
+        _row("wrapt", v["wrapt"] or "-"),
+        _row(
+            "mlx-vlm-safe",
+            v["mlx-vlm-safe"] or "- (not installed: run from a checkout)",
+        ),
+        _row("device", d.device),
+        _row("layout", f"{d.layout['kind']} (generate in {d.layout['home'] or '-'})"),
+    ]
+    if d.probes:
+        out.append("probes\n")
+        out += [_row(p.name, f"{p.outcome:<11}{p.detail}".rstrip()) for p in d.probes]
+    a = d.activation
+    variable = "unset" if a.autopatch_variable is None else repr(a.autopatch_variable)
+    out += [
+        "patch\n",
+        _row(
+            "this process", f"{d.patch.status}{' (active)' if d.patch.active else ''}"
+        ),
+        _row("fixes", ", ".join(f.name for f in d.patch.fixes) or "none"),
+        _row("autopatch", f"{AUTOPATCH} {variable}"),
+        _row(".pth hook", a.pth or "not installed (a checkout; use mlx-vlm-safe run)"),
+    ]
+    if d.live is not None:
+        lv = d.live
+        result = (
+            f"{lv.tokens} tokens, finish_reason {lv.finish_reason}, {lv.seconds:.2f} s"
+            if lv.ok
+            else f"FAILED: {lv.error}"
+        )
+        out.append(_row("live", result))
+    out.append("verdict\n")
+    out += [_wrap("  - ", line) for line in d.verdicts]
+    out += [_wrap("  ! ", line) for line in d.warnings]
+    out.append(f"status: {d.status} (exit {d.exit_code})\n")
+    return "".join(out)
+
+
+def run(*, as_json: bool = False, live: bool = False, out: TextIO | None = None) -> int:
+    """Diagnose, print, and return the exit status. Never raises (but Ctrl-C)."""
+    stream = sys.stdout if out is None else out
+    try:
+        # mlx-vlm and transformers print on import; keep stdout for the answer.
+        with contextlib.redirect_stdout(sys.stderr):
+            diagnosis = collect(live=live)
+    except Exception as exc:  # the doctor must not die of the disease
+        message = f"doctor failed: {_describe(exc)}"
+        if as_json:
+            failure = {"schema": SCHEMA, "status": "error", "exit_code": ERROR}
+            stream.write(json.dumps({**failure, "error": message}) + "\n")
+        else:
+            stream.write(f"mlx-vlm-safe {message}\nstatus: error (exit {ERROR})\n")
+        return ERROR
+    if as_json:
+        stream.write(json.dumps(dataclasses.asdict(diagnosis), indent=2) + "\n")
+    else:
+        stream.write(render(diagnosis))
+    return diagnosis.exit_code
