@@ -66,6 +66,10 @@ def locate(package: ModuleType) -> Located:
         utils = sys.modules.get("mlx_vlm.utils")
         generate = _function(getattr(utils, "__dict__", {}).get("generate"))
     if generate is None:
+        # A layout we do not know: still give a callable the generic layer.
+        fallback = unwrap(package.__dict__.get("generate"))
+        if callable(fallback) and not isinstance(fallback, ModuleType):
+            return Located("unknown", None, fallback, None, None, None, None, {})
         return Located("unknown", None, None, None, None, None, None, {})
     home = generate.__module__
     stream = _function(generate.__globals__.get("stream_generate"))
