@@ -72,7 +72,9 @@ logging.getLogger("mlx_vlm_safe").addHandler(logging.NullHandler())
 
 
 def _warn_once(message: str) -> None:
-    _STATE.warnings.append(message)
+    """Log ``message`` once per process; keep it for the report."""
+    if message not in _STATE.warnings:
+        _STATE.warnings.append(message)
     if message not in _WARNED:
         _WARNED.add(message)
         _log.warning("mlx_vlm_safe: %s", message)
@@ -378,7 +380,7 @@ def report(*, inventory: bool = True) -> Report:
         state = dataclasses.replace(_STATE)
         originals = [entry[0] for entry in _STATE.replacements.values()]
         fixes = _fixes()
-        warnings = tuple(dict.fromkeys(_STATE.warnings))
+        warnings = tuple(_STATE.warnings)
     located = state.located
     return Report(
         status=state.status,
