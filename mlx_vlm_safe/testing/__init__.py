@@ -11,14 +11,20 @@ from mlx_vlm_safe.testing._checkpoint import (
     tiny_image_path,
     tiny_prompt,
 )
-from mlx_vlm_safe.testing._faults import FaultRecord, empty_stream, plant_fault
+from mlx_vlm_safe.testing._faults import (
+    FaultPlan,
+    FaultRecord,
+    empty_stream,
+    plant_fault,
+)
 
 __all__ = [
+    "FaultPlan",
     "FaultRecord",
-    "empty_stream",
-    "plant_fault",
     "build_tiny_checkpoint",
     "default_cache_dir",
+    "empty_stream",
+    "plant_fault",
     "tiny_image",
     "tiny_image_path",
     "tiny_prompt",
