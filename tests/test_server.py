@@ -1,0 +1,343 @@
+"""mlx-vlm's own HTTP server, end to end: a real server process, a real client.
+
+The server is started exactly as an operator would, through
+``mlx-vlm-safe run -- python -m ...`` (here ``sys.executable -m mlx_vlm_safe
+run``, which is the same code as the console script), on 127.0.0.1 and a free
+port, with the tiny checkpoint. The client is the standard library's urllib.
+
+How each release starts its server:
+
+* 0.6+ (a package with a CLI): ``python -m mlx_vlm.server --host --port --model``.
+* 0.3.x-0.5.0: ``python -m mlx_vlm.server`` takes no arguments; its ``main()``
+  is ``uvicorn.run("mlx_vlm.server:app", host="0.0.0.0", port=8000,
+  workers=1, reload=True)``. We make the same call with uvicorn's own CLI and
+  our address: ``python -m uvicorn mlx_vlm.server:app --host 127.0.0.1
+  --port N --workers 1 --reload``. The reloader serves from a *spawned* child
+  process, so these tests also prove that ``run`` reaches child processes.
+
+What reaches ``generate()`` depends on the release's request model: on 0.3.x
+``/responses`` types ``temperature`` as a float (a JSON ``"0.7"`` is coerced)
+but passes ``max_output_tokens`` through, and ``0`` makes generation fail; on
+0.7.x ``/chat/completions`` passes ``logit_bias`` through untyped, and a
+string makes generation fail. Every server started here is stopped by its
+fixture, whatever happens (process-group kill, bounded waits).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from mlx_vlm_safe._releases import Release
+from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.model]
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NONE_DEFECT = "'NoneType' object has no attribute 'token'"
+START_TIMEOUT = 240.0  # import mlx-vlm + uvicorn (+ the reloader's child) on 2 cores
+REQUEST_TIMEOUT = 120.0  # a hang fails the test instead of blocking it
+TOKENS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Api:
+    """One OpenAI-style endpoint: how to ask, how to break it, how to read it."""
+
+    path: str
+    body: Callable[[str, str], dict[str, Any]]
+    breaks_generation: dict[str, Any]
+    real_error: tuple[str, ...]  # the failing request's error carries one of these
+    text: Callable[[dict[str, Any]], str]
+    tokens: Callable[[dict[str, Any]], int]
+
+
+CHAT = Api(
+    path="/chat/completions",
+    body=lambda model, image: {
+        "model": model,
+        "max_tokens": TOKENS,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe the picture."},
+                    {"type": "image_url", "image_url": {"url": image}},
+                ],
+            }
+        ],
+    },
+    breaks_generation={"logit_bias": "not-a-mapping"},
+    real_error=("'str' object has no attribute 'keys'",),
+    text=lambda r: str(r["choices"][0]["message"]["content"]),
+    tokens=lambda r: int(r["usage"]["completion_tokens"]),
+)
+
+RESPONSES = Api(
+    path="/responses",
+    body=lambda model, image: {
+        "model": model,
+        "max_output_tokens": TOKENS,
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "Describe the picture."},
+                    {"type": "input_image", "image_url": image},
+                ],
+            }
+        ],
+    },
+    breaks_generation={"max_output_tokens": 0},
+    # mlx-vlm's own UnboundLocalError in stream_generate (py3.11+ / py3.10 wording)
+    real_error=("cannot access local variable 'token'", "local variable 'token'"),
+    text=lambda r: str(r["output_text"]),
+    tokens=lambda r: int(r["usage"]["output_tokens"]),
+)
+
+
+@dataclasses.dataclass
+class Server:
+    """A running server process and a tiny JSON client for it."""
+
+    base: str
+    proc: subprocess.Popen[bytes]
+    log: pathlib.Path
+    paths: tuple[str, ...] = ()
+
+    def request(
+        self, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.base + path,
+            data=data,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    def log_tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _server_has_cli() -> bool:
+    """Whether ``python -m mlx_vlm.server`` takes ``--host/--port`` (0.6+)."""
+    spec = importlib.util.find_spec("mlx_vlm.server")
+    if spec is None or spec.origin is None:
+        pytest.skip("this mlx-vlm release has no mlx_vlm.server (before 0.1.26)")
+    origin = pathlib.Path(spec.origin)
+    sources = origin.parent.glob("*.py") if origin.name == "__init__.py" else [origin]
+    return any('"--port"' in p.read_text(errors="replace") for p in sources)
+
+
+def _command(port: int, checkpoint: pathlib.Path, cwd: pathlib.Path) -> list[str]:
+    """The release's own way to start its server, on 127.0.0.1:port."""
+    if _server_has_cli():
+        return [
+            *("-m", "mlx_vlm.server", "--host", "127.0.0.1", "--port", str(port)),
+            *("--model", str(checkpoint)),
+        ]
+    return [
+        *("-m", "uvicorn", "mlx_vlm.server:app", "--host", "127.0.0.1"),
+        *("--port", str(port), "--workers", "1", "--reload", "--reload-dir", str(cwd)),
+    ]
+
+
+def _environ() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_VLM_SAFE_")}
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old) if p)
+    env["HF_HUB_OFFLINE"] = "1"  # a local checkpoint; never the network
+    return env
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server and every process it started (its process group)."""
+    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 20.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The reloader's child may outlive its parent by a moment: reap the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
+def _wait_until_up(server: Server) -> str | None:
+    """Poll until the server answers; the log's last line if it died first."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            return server.log_tail(1) or f"exit status {server.proc.returncode}"
+        with contextlib.suppress(OSError, ValueError):
+            status, spec = server.request("/openapi.json")
+            if status == 200:
+                server.paths = tuple(spec.get("paths", {}))
+                return None
+        time.sleep(0.5)
+    pytest.fail(
+        f"server did not answer within {START_TIMEOUT:.0f} s:\n{server.log_tail()}"
+    )
+
+
+@contextlib.contextmanager
+def _serving(
+    prefix: list[str], checkpoint: pathlib.Path, workdir: pathlib.Path, name: str
+) -> Iterator[Server]:
+    port = _free_port()
+    log = workdir / f"{name}.log"
+    cwd = workdir / name
+    cwd.mkdir()
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*prefix, sys.executable, *_command(port, checkpoint, cwd)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_environ(),
+            cwd=cwd,
+            start_new_session=True,  # its own process group, killed as a whole
+        )
+    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        died = _wait_until_up(server)
+        if died is not None:
+            raise _ServerDied(died, server.log_tail())
+        yield server
+    finally:
+        _stop(proc)
+
+
+class _ServerDied(Exception):
+    def __init__(self, last_line: str, tail: str) -> None:
+        super().__init__(last_line)
+        self.last_line, self.tail = last_line, tail
+
+
+RUN = [sys.executable, "-m", "mlx_vlm_safe", "run", "--"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str]:
+    root = tmp_path_factory.mktemp("server-assets")
+    image = tiny_image_path(root).read_bytes()
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    return build_tiny_checkpoint(root / "checkpoint"), url
+
+
+def _start_or_skip(
+    prefix: list[str],
+    name: str,
+    assets: tuple[pathlib.Path, str],
+    workdir: pathlib.Path,
+) -> contextlib.AbstractContextManager[Server]:
+    """Start a server; skip (with the release's own error) if it cannot start."""
+    checkpoint, _ = assets
+
+    @contextlib.contextmanager
+    def started() -> Iterator[Server]:
+        try:
+            with _serving(prefix, checkpoint, workdir, name) as server:
+                yield server
+        except _ServerDied as died:
+            if prefix:  # ours failed: is it the release, or is it us?
+                with (
+                    contextlib.suppress(_ServerDied),
+                    _serving([], checkpoint, workdir, "control"),
+                ):
+                    pytest.fail(f"the server dies under `run` only:\n{died.tail}")
+            pytest.skip(f"this release's server cannot start here: {died.last_line}")
+
+    return started()
+
+
+@pytest.fixture(scope="module")
+def patched_server(
+    assets: tuple[pathlib.Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    workdir = tmp_path_factory.mktemp("patched-server")
+    with _start_or_skip(RUN, "patched", assets, workdir) as server:
+        yield server
+
+
+def _api(server: Server) -> Api:
+    for api in (CHAT, RESPONSES):
+        if api.path in server.paths:
+            return api
+    pytest.skip(f"no OpenAI-style endpoint in this release's server: {server.paths}")
+
+
+def _good(server: Server, api: Api, assets: tuple[pathlib.Path, str]) -> None:
+    checkpoint, image = assets
+    status, body = server.request(api.path, api.body(str(checkpoint), image))
+    assert status == 200, f"{status} {body}\n{server.log_tail()}"
+    assert api.text(body), body  # the tiny model always says something
+    assert api.tokens(body) == TOKENS, body
+
+
+def test_patched_server_serves_fails_with_the_real_error_and_recovers(
+    patched_server: Server, assets: tuple[pathlib.Path, str]
+) -> None:
+    api = _api(patched_server)
+    _good(patched_server, api, assets)
+
+    checkpoint, image = assets
+    status, body = patched_server.request(
+        api.path, {**api.body(str(checkpoint), image), **api.breaks_generation}
+    )
+    detail = json.dumps(body)
+    assert 500 <= status < 600, f"{status} {detail}"
+    assert "NoneType" not in detail, detail
+    assert any(fragment in detail for fragment in api.real_error), detail
+
+    _good(patched_server, api, assets)  # the server still serves
+
+
+def test_unpatched_server_shows_what_the_patch_fixes(
+    assets: tuple[pathlib.Path, str],
+    release: Release,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The control: the same release, the same bad request, no mlx_vlm_safe.
+    workdir = tmp_path_factory.mktemp("plain-server")
+    with _start_or_skip([], "plain", assets, workdir) as server:
+        api = _api(server)
+        checkpoint, image = assets
+        status, body = server.request(
+            api.path, {**api.body(str(checkpoint), image), **api.breaks_generation}
+        )
+    detail = json.dumps(body)
+    assert 500 <= status < 600, f"{status} {detail}"
+    if release.wired_limit == "swallows":  # 0.3.2-0.3.10 on Linux
+        assert NONE_DEFECT in detail, detail
+    else:
+        assert any(fragment in detail for fragment in api.real_error), detail
