@@ -61,7 +61,6 @@ import json
 import os
 import platform
 import sys
-import textwrap
 import time
 from types import ModuleType
 from typing import Any, TextIO
@@ -445,79 +444,6 @@ def collect(*, live: bool = False) -> Diagnosis:
     )
 
 
-def _row(label: str, value: object) -> str:
-    return f"  {label:<14}{value}\n"
-
-
-def _wrap(bullet: str, text: str) -> str:
-    return (
-        textwrap.fill(text, 88, initial_indent=bullet, subsequent_indent="    ") + "\n"
-    )
-
-
-def render(d: Diagnosis) -> str:
-    """The human-readable form: facts, probes, patch, then verdicts."""
-    v = d.packages
-    backends = [f"{n} {v[n]}" for n in ("mlx-cpu", "mlx-cuda", "mlx-metal") if v[n]]
-    mlx = f"{v['mlx'] or '-'} ({', '.join(backends) or 'no backend package'})"
-    if v["mlx"] is None and not d.mlx["importable"]:
-        mlx = "not installed"
-    elif d.mlx["error"]:
-        mlx += f"; cannot load: {d.mlx['error']}"
-    m = d.mlx_vlm
-    mlx_vlm = "not installed"
-    if m.installed and not m.importable:
-        mlx_vlm = f"{m.metadata_version or '?'} (metadata); cannot be imported"
-    elif m.installed:
-        mlx_vlm = (
-            f"{m.version or '?'} (__version__), {m.metadata_version or '-'} (metadata)"
-        )
-        if m.release:
-            mlx_vlm += f"; behaves like {m.release}"
-    out = ["mlx-vlm-safe doctor\n"]
-    out += [
-        _row("python", f"{d.python['version']} ({d.python['executable']})"),
-        _row("platform", d.python["platform"]),
-        _row("mlx", mlx),
-        _row("mlx-vlm", mlx_vlm),
-        _row("transformers", v["transformers"] or "-"),
-        _row("wrapt", v["wrapt"] or "-"),
-        _row(
-            "mlx-vlm-safe",
-            v["mlx-vlm-safe"] or "- (not installed: run from a checkout)",
-        ),
-        _row("device", d.device),
-        _row("layout", f"{d.layout['kind']} (generate in {d.layout['home'] or '-'})"),
-    ]
-    if d.probes:
-        out.append("probes\n")
-        out += [_row(p.name, f"{p.outcome:<11}{p.detail}".rstrip()) for p in d.probes]
-    a = d.activation
-    variable = "unset" if a.autopatch_variable is None else repr(a.autopatch_variable)
-    out += [
-        "patch\n",
-        _row(
-            "this process", f"{d.patch.status}{' (active)' if d.patch.active else ''}"
-        ),
-        _row("fixes", ", ".join(f.name for f in d.patch.fixes) or "none"),
-        _row("autopatch", f"{AUTOPATCH} {variable}"),
-        _row(".pth hook", a.pth or "not installed (a checkout; use mlx-vlm-safe run)"),
-    ]
-    if d.live is not None:
-        lv = d.live
-        result = (
-            f"{lv.tokens} tokens, finish_reason {lv.finish_reason}, {lv.seconds:.2f} s"
-            if lv.ok
-            else f"FAILED: {lv.error}"
-        )
-        out.append(_row("live", result))
-    out.append("verdict\n")
-    out += [_wrap("  - ", line) for line in d.verdicts]
-    out += [_wrap("  ! ", line) for line in d.warnings]
-    out.append(f"status: {d.status} (exit {d.exit_code})\n")
-    return "".join(out)
-
-
 def run(*, as_json: bool = False, live: bool = False, out: TextIO | None = None) -> int:
     """Diagnose, print, and return the exit status. Never raises (but Ctrl-C)."""
     stream = sys.stdout if out is None else out
@@ -536,5 +462,7 @@ def run(*, as_json: bool = False, live: bool = False, out: TextIO | None = None)
     if as_json:
         stream.write(json.dumps(dataclasses.asdict(diagnosis), indent=2) + "\n")
     else:
+        from ._doctor_text import render
+
         stream.write(render(diagnosis))
     return diagnosis.exit_code

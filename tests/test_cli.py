@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from mlx_vlm_safe import _cli, _doctor, _env, _launch
+from mlx_vlm_safe import _cli, _doctor, _doctor_text, _env, _launch
 from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 
@@ -342,7 +342,7 @@ def test_in_process_diagnosis_round_trips_to_json(release: Release) -> None:
     d = _doctor.collect()
     data = json.loads(json.dumps(dataclasses.asdict(d)))
     assert data["exit_code"] == _expected_code(release)
-    assert _doctor.render(d).endswith(f"(exit {data['exit_code']})\n")
+    assert _doctor_text.render(d).endswith(f"(exit {data['exit_code']})\n")
 
 
 # ----------------------------------------------------------------------- run
@@ -507,10 +507,14 @@ print(json.dumps(sorted(m for m in sys.modules if "mlx" in m and "." not in m)))
         (None, [], False),
         ("1", ["_mlx_vlm_safe_autopatch", "mlx_vlm_safe"], False),
         ("on", ["_mlx_vlm_safe_autopatch", "mlx_vlm_safe"], False),
-        ("0", ["_mlx_vlm_safe_autopatch"], False),
+        ("0", [], False),  # every "off" spelling is judged in the .pth line itself
+        ("", [], False),
+        (" OFF ", [], False),
+        ("false", [], False),
+        ("no", [], False),
         ("maybe", ["_mlx_vlm_safe_autopatch"], True),
     ],
-    ids=["unset", "1", "on", "0", "malformed"],
+    ids=["unset", "1", "on", "0", "empty", "OFF", "false", "no", "malformed"],
 )
 def test_pth_line_processed_by_site(
     value: str | None, loaded: list[str], warns: bool

@@ -5,7 +5,8 @@ at interpreter start, without a line of the program changed:
 
 * ``mlx_vlm_safe_autopatch.pth``: copied by the wheel into site-packages.
   Python runs its one line in every interpreter of the environment; the line
-  only reads ``MLX_VLM_SAFE_AUTOPATCH`` and imports nothing while it is unset.
+  only reads ``MLX_VLM_SAFE_AUTOPATCH`` and imports nothing while it is unset
+  or off (empty, 0, false, no, off).
 * ``_mlx_vlm_safe_autopatch.py``: what that line imports once the variable is
   set. Also copied to the top of site-packages, because it must be importable
   *without* importing the ``mlx_vlm_safe`` package (whose import side effect is

@@ -1,7 +1,9 @@
 """Activate ``mlx_vlm_safe`` at interpreter start if ``MLX_VLM_SAFE_AUTOPATCH`` says so.
 
 Strictly private. Imported at start-up by the ``mlx_vlm_safe_autopatch.pth``
-line (only when the variable is set at all) and by the ``sitecustomize`` that
+line (only when the variable is set to something other than an "off"
+spelling: unset, empty, 0/false/no/off cost one dictionary lookup and no
+import) and by the ``sitecustomize`` that
 ``mlx-vlm-safe run`` puts on ``PYTHONPATH``. It is a top-level module on
 purpose: importing anything inside the ``mlx_vlm_safe`` package runs that
 package's import side effect, which *is* the activation, so the value has to
@@ -13,8 +15,8 @@ patch off (we refuse to guess whether ``MLX_VLM_SAFE_AUTOPATCH=enable`` or
 ``=maybe`` means on; the spellings are those of ``MLX_VLM_SAFE_DISABLE``).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: at start-up every import counts,
+# and ``str | None`` evaluates fine on Python 3.10+.
 import os
 import sys
 
