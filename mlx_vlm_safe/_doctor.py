@@ -318,7 +318,8 @@ def _elsewhere(a: Activation) -> str:
             f"Other Python processes of this environment: patched at start-up "
             f"({AUTOPATCH} is set and the .pth hook is installed)."
         )
-    how = f"set {AUTOPATCH}=1" if a.pth else "start them with mlx-vlm-safe run"
+    how = "start them with mlx-vlm-safe run"
+    how = f"set {AUTOPATCH}=1 or {how}" if a.pth else how
     return (
         "Other Python processes of this environment: patched only if they "
         f"import mlx_vlm_safe; to patch them without code changes, {how}."

@@ -410,6 +410,15 @@ def test_run_makes_an_untouched_program_see_the_real_error(
 
 
 @pytest.mark.subprocess
+def test_kill_switch_wins_over_run() -> None:
+    code = "import sys, mlx_vlm, mlx_vlm_safe; print(mlx_vlm_safe.is_patched())"
+    proc = _cli_run(
+        "run", "--", sys.executable, "-c", code, extra={"MLX_VLM_SAFE_DISABLE": "1"}
+    )
+    assert proc.stdout.strip() == "False", proc.stderr
+
+
+@pytest.mark.subprocess
 def test_run_passes_the_exit_status_through() -> None:
     proc = _cli_run("run", "--", sys.executable, "-c", "raise SystemExit(7)")
     assert proc.returncode == 7
