@@ -4,14 +4,96 @@ Strictly private; re-exported through ``doctor`` and the README table. The
 patch itself never reads this table (it decides by behaviour probes); the
 tests do, to check that the probes classify each real release as measured,
 and so does ``doctor``, to answer operators' questions ("would pinning 0.3.4
-help?"). Source: ``shared/docs/mlx-vlm-matrix.md`` (all 75 releases probed).
+help?"). Source: ``shared/docs/mlx-vlm-matrix.md`` (all 75 releases probed),
+plus what the CI matrix (``noxfile.py``) measured with the tiny checkpoint.
+
+Three kinds of rows:
+
+* :data:`RELEASES`: one row per behaviour range of the generate path (layout,
+  probe verdicts, result shape, fixes), with the releases CI tests in it.
+* :data:`FACTS`: narrower version ranges the tests need to know about that do
+  not change what the patch does (a release that ignores ``max_tokens``, one
+  whose ``load()`` is broken, where an int ``repetition_penalty`` is
+  rejected ...). :meth:`Release.at` attaches the ones that apply to a version.
+* :data:`INSTALLS`: CI environments that are not one upstream release (a fork,
+  a co-install), with what ``report()`` must say about them.
+
+``python -m mlx_vlm_safe._releases`` prints the README compatibility table.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
+
+#: Every error a variant-A ``wired_limit`` raises on entry off Metal: the
+#: KeyError with mlx >= 0.29 (device_info() has no such key on CPU), the
+#: RuntimeError with older mlx (no device info without Metal).
+ENTRY_ERROR = r"max_recommended_working_set_size|Cannot get device info"
+
+#: What ``generate_step`` generates when the caller's ``max_tokens`` never
+#: reaches it (0.1.7-0.1.9 drop every keyword argument).
+GENERATE_STEP_DEFAULT_MAX_TOKENS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Fact:
+    """Something a narrower version range does that the tests must expect."""
+
+    first: str
+    last: str
+    name: str
+    note: str
+    #: Shown in the README's "what was broken" column (a defect of the release).
+    defect: bool = False
+
+    def contains(self, version: str) -> bool:
+        """Whether ``version`` falls in this range (inclusive)."""
+        return Version(self.first) <= Version(version) <= Version(self.last)
+
+
+# fmt: off
+FACTS: tuple[Fact, ...] = (
+    Fact(
+        "0.1.0", "0.1.14", "stream_not_exported",
+        "`from mlx_vlm import stream_generate` fails; the function is "
+        "`mlx_vlm.utils.stream_generate`",
+    ),
+    Fact(
+        "0.1.7", "0.1.9", "kwargs_dropped",
+        "stream_generate() drops every keyword argument (max_tokens, sampling, "
+        "input_ids ...): each generation runs to generate_step's default of "
+        f"{GENERATE_STEP_DEFAULT_MAX_TOKENS} tokens (fixed upstream in 0.1.10, "
+        "593a5b84)",
+        defect=True,
+    ),
+    Fact(
+        "0.1.10", "0.3.11", "rejects_int_repetition_penalty",
+        "an int repetition_penalty raises ValueError 'must be a non-negative "
+        "float' (0.3.12 moved to mlx-lm's samplers, which accept it)",
+    ),
+    Fact(
+        "0.1.0", "0.5.0", "max_tokens_zero_raises",
+        "max_tokens=0 raises UnboundLocalError inside stream_generate (0.6.0+ "
+        "returns an empty result)",
+    ),
+    Fact(
+        "0.2.0", "0.2.0", "load_shim",
+        "load() fails for every model without an audio tower "
+        "(`model_class.AudioModel`, `ModelConfig.audio_config` looked up for "
+        "all model types); the tests load the tiny checkpoint through a "
+        "test-only shim of load() (tests/conftest.py), the generate path stays "
+        "the release's own",
+        defect=True,
+    ),
+    Fact(
+        "0.1.26", "0.2.0", "server_needs_py312",
+        "`import mlx_vlm.server` fails on Python < 3.12 (pydantic rejects "
+        "typing.TypedDict); CI runs these releases on Python 3.12",
+    ),
+)
+# fmt: on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,42 +108,92 @@ class Release:
     shape: str
     broken: str
     fixes: tuple[str, ...]
+    #: How ``mlx_vlm.server`` binds generate: "absent", "V1", "V2", "V2+RG",
+    #: "V3+RG" (see the matrix doc, section 1).
+    server: str = "absent"
+    #: The releases of this range the CI matrix runs (``noxfile.py``).
+    tested: tuple[str, ...] = ()
+    #: The checkpoint the real-model tests run in this range ("" = none).
+    checkpoint: str = "tiny PaliGemma"
+    #: Facts that apply to one version (set by :meth:`at`; empty on the rows).
+    facts: tuple[Fact, ...] = ()
 
     def contains(self, version: str) -> bool:
         """Whether ``version`` falls in this range (inclusive)."""
         return Version(self.first) <= Version(version) <= Version(self.last)
 
+    def at(self, version: str) -> Release:
+        """Return the row with the :data:`FACTS` that apply to ``version``."""
+        facts = tuple(f for f in FACTS if f.contains(version))
+        return dataclasses.replace(self, facts=facts)
+
+    def has(self, name: str) -> bool:
+        """Whether fact ``name`` applies (only meaningful after :meth:`at`)."""
+        return any(f.name == name for f in self.facts)
+
+    @property
+    def fails_on_entry(self) -> bool:
+        """Whether every unpatched generation fails on entry off Metal."""
+        return self.wired_limit == "fails_on_entry"
+
+    def tokens_for(self, max_tokens: int) -> int:
+        """How many tokens a call asking for ``max_tokens`` really generates.
+
+        The tiny checkpoint never emits EOS, so that is ``max_tokens``, except
+        where the release drops the caller's keyword arguments.
+        """
+        if self.has("kwargs_dropped"):
+            return GENERATE_STEP_DEFAULT_MAX_TOKENS
+        return max_tokens
+
+    def facts_in_range(self) -> tuple[Fact, ...]:
+        """The :data:`FACTS` that overlap this row."""
+        return tuple(
+            f
+            for f in FACTS
+            if Version(f.first) <= Version(self.last)
+            and Version(f.last) >= Version(self.first)
+        )
+
 
 _GENERIC = ("observed_stream", "none_safe_generate")
 
+# fmt: off
 RELEASES: tuple[Release, ...] = (
     Release(
         "0.1.0", "0.1.6", "utils", "absent", "inconclusive", "str",
         "max_tokens=0 raises UnboundLocalError; generate() bypasses the stream",
         ("never_empty_stream", "none_safe_generate"),
+        checkpoint="",
     ),
     Release(
         "0.1.7", "0.1.21", "utils", "absent", "guarded", "str",
         "verbose=True with empty text returns None",
         _GENERIC,
+        tested=("0.1.7",),
     ),
     Release(
         "0.1.22", "0.1.25", "utils", "fails_on_entry", "guarded", "str",
         "every generation fails on entry off Metal (wired_limit calls "
         "device_info); verbose=True with empty text returns None",
         ("generate_off_metal", *_GENERIC),
+        tested=("0.1.25",),
     ),
     Release(
         "0.1.26", "0.2.0", "utils", "fails_on_entry", "unguarded", "tuple",
         "every generation fails on entry off Metal; returns a (text, stats) "
         "tuple, or None with verbose=True and empty text",
         ("generate_off_metal", "never_empty_stream", "none_safe_generate"),
+        server="V1",
+        tested=("0.1.27", "0.2.0"),
     ),
     Release(
         "0.3.0", "0.3.1", "module", "fails_on_entry", "unguarded", "result",
         "every generation fails on entry off Metal; an empty stream raises "
         "AttributeError 'NoneType' ... 'token'",
         ("generate_off_metal", "never_empty_stream", "none_safe_generate"),
+        server="V2",
+        tested=("0.3.0", "0.3.1"),
     ),
     Release(
         "0.3.2", "0.3.10", "module", "swallows", "unguarded", "result",
@@ -69,18 +201,25 @@ RELEASES: tuple[Release, ...] = (
         "AttributeError 'NoneType' ... 'token', cut answers, silent empty "
         "results",
         ("propagate_errors", "never_empty_stream", "none_safe_generate"),
+        server="V2",
+        tested=("0.3.2", "0.3.5", "0.3.10"),
     ),
     Release(
         "0.3.11", "0.5.0", "module", "propagates", "unguarded", "result",
         "generate() dereferences the last stream item unguarded",
         ("never_empty_stream", "none_safe_generate"),
+        server="V2",
+        tested=("0.3.11", "0.4.4", "0.5.0"),
     ),
     Release(
         "0.6.0", "0.7.10", "package", "propagates", "guarded", "result",
         "nothing known on the generate() path",
         _GENERIC,
+        server="V3+RG",
+        tested=("0.6.0", "0.6.17", "0.7.10"),
     ),
 )
+# fmt: on
 
 #: The first release whose generate() path has none of the defects above.
 FIXED_UPSTREAM_IN = "0.6.0"
@@ -96,3 +235,183 @@ def release_for(version: str | None) -> Release | None:
         return next((r for r in RELEASES if r.contains(version)), None)
     except ValueError:  # not a PEP 440 version: a fork's or a local build's
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Install:
+    """A CI environment that is not one upstream release, and its truth."""
+
+    name: str
+    #: What is installed, in order (later installs overwrite earlier files).
+    installs: tuple[str, ...]
+    #: ``mlx_vlm.__version__``: the code's own word.
+    version: str
+    #: ``importlib.metadata.version("mlx-vlm")``; None: no such distribution.
+    metadata_version: str | None
+    #: Distributions that ship the ``mlx_vlm`` package.
+    distributions: tuple[str, ...]
+    #: The upstream release whose behaviour the code has (by its source).
+    behaves_like: str
+    note: str
+
+    def release(self) -> Release:
+        """The row the code behaves like, with the facts of that release."""
+        row = release_for(self.behaves_like)
+        if row is None:
+            raise LookupError(f"{self.behaves_like} is not in RELEASES")
+        return row.at(self.behaves_like)
+
+
+INSTALLS: tuple[Install, ...] = (
+    Install(
+        "mlx-vlm-nell",
+        ("mlx-vlm-nell==0.5.1",),
+        version="0.5.1",
+        metadata_version=None,
+        distributions=("mlx-vlm-nell",),
+        behaves_like="0.5.0",
+        note="fork mlx-vlm-nell 0.5.1 (no upstream 0.5.1 exists): upstream "
+        "0.5.0 plus model/server/sampler edits, same `mlx_vlm` package",
+    ),
+    Install(
+        "coinstall",
+        ("mlx-vlm==0.3.5", "fount-vlm-nell-02==0.3.11"),
+        version="0.3.11",
+        metadata_version="0.3.5",
+        distributions=("fount-vlm-nell-02", "mlx-vlm"),
+        behaves_like="0.3.11",
+        note="co-install: mlx-vlm 0.3.5, then the fork fount-vlm-nell-02 over "
+        "it; the metadata says 0.3.5 (affected), the code is 0.3.11 (fixed)",
+    ),
+)
+
+
+def install_named(name: str | None) -> Install | None:
+    """The :data:`INSTALLS` entry called ``name``, if any."""
+    return next((i for i in INSTALLS if i.name == name), None)
+
+
+def expected_release(version: str, install: str | None = None) -> Release | None:
+    """The row (with facts) the tests expect for this environment.
+
+    A known fork or co-install behaves like its upstream base; a release newer
+    than the table is expected to behave like the newest range (the matrix's
+    ``latest`` environment exists to catch the day it does not).
+    """
+    known = install_named(install)
+    if known is not None:
+        return known.release()
+    row = release_for(version)
+    if row is None:
+        try:
+            newer = Version(version) > Version(RELEASES[-1].last)
+        except InvalidVersion:
+            return None
+        row = RELEASES[-1] if newer else None
+    return row.at(version) if row is not None else None
+
+
+# ------------------------------------------------------------ the README table
+
+_DASH = "\N{EN DASH}"
+_MARK_OPEN = "<!-- compat-table -->"
+_MARK_CLOSE = "<!-- /compat-table -->"
+
+
+def _tested_cell(row: Release) -> str:
+    if not row.tested:
+        if not row.checkpoint:
+            return (
+                "not tested in CI: `generate()` takes `(image, prompt)` in the "
+                "other order and drives generate_step itself, so the real-model "
+                "suite does not apply; probes and fixes come from the matrix doc"
+            )
+        return "not tested in CI"
+    parts = []
+    for version in row.tested:
+        at = row.at(version)
+        shim = " through a test-only load() shim" if at.has("load_shim") else ""
+        parts.append(f"{version}{shim}")
+    cell = ", ".join(parts) + f": real {row.checkpoint} checkpoint"
+    forks = [i for i in INSTALLS if row.contains(i.behaves_like)]
+    for install in forks:
+        cell += f"; {install.note}"
+    return cell
+
+
+def _broken_cell(row: Release) -> str:
+    defects = [
+        f"{f.first}{_DASH}{f.last}: {f.note}"
+        if f.first != f.last
+        else f"{f.first}: {f.note}"
+        for f in row.facts_in_range()
+        if f.defect
+    ]
+    return "; ".join([row.broken, *defects])
+
+
+def _range(row: Release) -> str:
+    return f"{row.first}{_DASH}{row.last}"
+
+
+def markdown_table() -> str:
+    """The README compatibility table, generated from :data:`RELEASES`."""
+    lines = [
+        "| mlx-vlm | layout | `wired_limit` off Metal | empty stream in "
+        "`generate()` | returns | what was broken | fixes applied | tested in CI |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in RELEASES:
+        cells = [
+            _range(row),
+            row.layout,
+            row.wired_limit,
+            row.empty_stream,
+            row.shape,
+            _broken_cell(row).replace("|", "\\|"),
+            ", ".join(row.fixes),
+            _tested_cell(row).replace("|", "\\|"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tested_line() -> str:
+    """The one line after the table: every CI environment, in plain words."""
+    upstream = [v for row in RELEASES for v in row.tested]
+    untested = [_range(r) for r in RELEASES if not r.tested]
+    return (
+        "Tested in CI on Linux CPU, one environment each (`noxfile.py`): mlx-vlm "
+        + ", ".join(upstream)
+        + ", the newest release on PyPI at run time, the fork mlx-vlm-nell 0.5.1 "
+        "and the 0.3.5 + fount-vlm-nell-02 co-install; every one runs the real "
+        "tiny checkpoint. Not tested: " + ", ".join(untested) + "."
+    )
+
+
+def readme_section() -> str:
+    """Everything from the opening marker to the ``Tested in CI`` line."""
+    return "\n".join([_MARK_OPEN, markdown_table(), _MARK_CLOSE, "", tested_line()])
+
+
+def replace_readme_section(readme: str) -> str:
+    """``readme`` with its table section replaced by :func:`readme_section`."""
+    start = readme.index(_MARK_OPEN)
+    close = readme.index(_MARK_CLOSE, start)
+    end_of_line = readme.index("\n", readme.index("\n\n", close) + 2)
+    return readme[:start] + readme_section() + readme[end_of_line:]
+
+
+def _main() -> None:  # pragma: no cover - a developer's command
+    import pathlib
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        path = pathlib.Path("README.md")
+        path.write_text(replace_readme_section(path.read_text()))
+    else:
+        print(readme_section())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main()

@@ -3,12 +3,21 @@
 Every model test runs the installed mlx-vlm release for real (``load()``,
 preprocessing, prefill, decoding) on the offline tiny checkpoint. Which
 release is installed is the one parameter of the suite: CI runs it once per
-release, in one environment each.
+release, in one environment each (``noxfile.py``).
+
+What to expect of the installed release is data: the row of
+``mlx_vlm_safe/_releases.py`` for its ``__version__``, with the facts of that
+exact version attached (``release.has("kwargs_dropped")`` ...). A CI
+environment that is not one upstream release (a fork, a co-install) names
+itself in ``MLX_VLM_SAFE_MATRIX_ENV`` and is expected to behave as its entry
+in ``INSTALLS`` says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import os
 import pathlib
 import subprocess
@@ -19,11 +28,18 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._releases import Release, release_for
-from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
+from mlx_vlm_safe._releases import Install, Release, expected_release, install_named
+from mlx_vlm_safe.testing import (
+    build_tiny_checkpoint,
+    plant_fault,
+    tiny_image_path,
+    tiny_prompt,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NONE_DEFECT = "'NoneType' object has no attribute"
+#: Set by the nox sessions that are not one upstream release (``INSTALLS``).
+MATRIX_ENV = "MLX_VLM_SAFE_MATRIX_ENV"
 
 
 def pytest_report_header() -> list[str]:
@@ -35,7 +51,10 @@ def pytest_report_header() -> list[str]:
             versions.append(f"{dist} {md.version(dist)}")
         except md.PackageNotFoundError:
             versions.append(f"{dist} -")
-    return ["mlx_vlm_safe real-release suite: " + ", ".join(versions)]
+    lines = ["mlx_vlm_safe real-release suite: " + ", ".join(versions)]
+    if os.environ.get(MATRIX_ENV):
+        lines.append(f"matrix environment: {os.environ[MATRIX_ENV]}")
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +90,92 @@ def mlx_vlm() -> Any:
 
 @pytest.fixture(scope="session")
 def release(mlx_vlm: Any) -> Release:
-    row = release_for(mlx_vlm.__version__)
+    """The table's row for the installed code, with its version's facts."""
+    env = os.environ.get(MATRIX_ENV)
+    if env:
+        assert install_named(env) is not None, f"{MATRIX_ENV}={env!r} not in INSTALLS"
+    row = expected_release(mlx_vlm.__version__, env)
     assert row is not None, f"mlx-vlm {mlx_vlm.__version__} is not in the table"
     return row
+
+
+@pytest.fixture(scope="session")
+def install(mlx_vlm: Any) -> Install:
+    """What is installed, as ``report()`` must describe it.
+
+    An upstream release installs one distribution whose metadata matches the
+    code; a fork or a co-install is described by its ``INSTALLS`` entry.
+    """
+    known = install_named(os.environ.get(MATRIX_ENV))
+    if known is not None:
+        return known
+    version = mlx_vlm.__version__
+    return Install(
+        "upstream",
+        (f"mlx-vlm=={version}",),
+        version=version,
+        metadata_version=version,
+        distributions=("mlx-vlm",),
+        behaves_like=version,
+        note="one upstream release",
+    )
+
+
+@pytest.fixture(scope="session")
+def exports(mlx_vlm: Any, release: Release) -> Any:
+    """The module that exports ``stream_generate`` on this release.
+
+    Before 0.1.15 the package does not export it: callers use
+    ``mlx_vlm.utils.stream_generate``. Read the attribute at call time
+    (``exports.stream_generate``): the patch rebinds it.
+    """
+    if release.has("stream_not_exported"):
+        return importlib.import_module("mlx_vlm.utils")
+    return mlx_vlm
+
+
+@contextlib.contextmanager
+def _audio_less_load() -> Iterator[None]:
+    """Test-only shim: let 0.2.0's ``load()`` load a model without audio.
+
+    0.2.0's ``load_model()`` looks up ``model_class.AudioModel`` and
+    ``model_config.audio_config`` and builds an ``AudioConfig`` for every
+    model type, so it cannot load PaliGemma (or any model without an audio
+    tower). The shim gives PaliGemma an inert ``AudioModel`` (no
+    ``sanitize``: weights pass unchanged), a ``None`` ``audio_config``, and
+    skips the "audio" module config. It touches only ``load()``'s path:
+    ``generate``, ``stream_generate``, ``wired_limit`` and ``generate_step``
+    stay the release's own, which is what the suite tests.
+    """
+    utils = importlib.import_module("mlx_vlm.utils")
+    paligemma = importlib.import_module("mlx_vlm.models.paligemma")
+    original = utils.update_module_configs
+
+    def update_module_configs(
+        model_config: Any, model_class: Any, config: Any, modules: list[str]
+    ) -> Any:
+        modules = [m for m in modules if m != "audio"]
+        return original(model_config, model_class, config, modules)
+
+    utils.update_module_configs = update_module_configs
+    paligemma.AudioModel = object
+    paligemma.ModelConfig.audio_config = None
+    try:
+        yield
+    finally:
+        utils.update_module_configs = original
+        del paligemma.AudioModel
+        del paligemma.ModelConfig.audio_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _load_shim(release: Release) -> Iterator[None]:
+    """Apply the load() shim where the table says the release needs it."""
+    if release.has("load_shim"):
+        with _audio_less_load():
+            yield
+    else:
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +202,17 @@ def unpatched() -> Iterator[None]:
     assert not mlx_vlm_safe.is_patched()
     yield
     mlx_vlm_safe.patch()
+
+
+@contextlib.contextmanager
+def counting_tokens() -> Iterator[Any]:
+    """Count the tokens the real ``generate_step`` produces, changing nothing.
+
+    A str result (0.1.x) does not say how many tokens it holds; the seam
+    does. ``plant_fault(..., times=0)`` never fires: it only counts.
+    """
+    with plant_fault(RuntimeError("never raised"), after_tokens=None, times=0) as rec:
+        yield rec
 
 
 def run_python(

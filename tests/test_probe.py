@@ -4,6 +4,7 @@ variant of wired_limit is classified by what it does."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,14 @@ import pytest
 import mlx_vlm_safe
 from mlx_vlm_safe._layout import locate
 from mlx_vlm_safe._probe import probe_empty_stream, probe_wired_limit
-from mlx_vlm_safe._releases import RELEASES, Release, release_for
+from mlx_vlm_safe._releases import (
+    FACTS,
+    INSTALLS,
+    RELEASES,
+    Release,
+    expected_release,
+    release_for,
+)
 
 
 def test_installed_release_is_classified_as_the_table_says(
@@ -98,10 +106,33 @@ def test_release_table_is_ordered_and_gapless() -> None:
     """Every range follows the previous one; lookups land where expected."""
     from packaging.version import Version
 
-    for earlier, later in zip(RELEASES, RELEASES[1:], strict=False):
+    for earlier, later in itertools.pairwise(RELEASES):
         assert Version(earlier.last) < Version(later.first)
     assert release_for("0.3.4") is release_for("0.3.10")
     assert release_for("0.3.4") is not None
     assert release_for("0.3.4").wired_limit == "swallows"  # type: ignore[union-attr]
     assert release_for("9.9.9") is None
     assert release_for("not a version") is None
+
+
+def test_facts_installs_and_ci_releases_are_consistent() -> None:
+    """Facts lie inside the table; CI releases and forks map to their rows."""
+    from packaging.version import Version
+
+    first, last = Version(RELEASES[0].first), Version(RELEASES[-1].last)
+    for fact in FACTS:
+        assert first <= Version(fact.first) <= Version(fact.last) <= last, fact
+    for row in RELEASES:
+        assert all(row.contains(v) for v in row.tested), row
+        assert bool(row.tested) <= bool(row.checkpoint), row
+    for install in INSTALLS:
+        assert release_for(install.behaves_like) is not None, install
+        assert expected_release(install.version, install.name) == (install.release())
+    # the facts of one version, attached by at()
+    assert release_for("0.1.7").at("0.1.7").has("kwargs_dropped")  # type: ignore[union-attr]
+    assert not release_for("0.1.10").at("0.1.10").has("kwargs_dropped")  # type: ignore[union-attr]
+    assert release_for("0.1.7").at("0.1.7").tokens_for(8) == 256  # type: ignore[union-attr]
+    assert release_for("0.3.5").at("0.3.5").tokens_for(8) == 8  # type: ignore[union-attr]
+    # a release newer than the table is expected to behave like the newest row
+    assert expected_release("99.0.0") == RELEASES[-1].at("99.0.0")
+    assert expected_release("not a version") is None
