@@ -1,27 +1,192 @@
-"""Test sessions: lint, and the real-release suite once per mlx-vlm release.
+"""Test sessions: lint, and the real-release suite once per mlx-vlm environment.
 
-``nox`` runs the default sessions; ``nox -s "tests(mlx_vlm='0.3.5')"`` runs
-one release. Each release gets its own environment (uv makes them cheap: the
-wheels come from uv's cache after the first run), because a release is the
-one parameter of the suite: the tests read what to expect for it from
-``mlx_vlm_safe/_releases.py``.
+``nox`` runs ``lint`` and ``matrix``; ``matrix`` runs every ``tests(...)``
+session, two at a time (this machine and CI have two cores), and prints one
+line per environment. One environment alone: ``nox -s "tests(0.3.5)"``; the
+list: ``nox -l``.
+
+Each environment gets its own virtualenv (uv makes them cheap: every wheel
+comes from uv's cache after the first run, shared by all environments), with
+``mlx[cpu]``, one mlx-vlm release and the library. What the suite expects of a
+release is read from ``mlx_vlm_safe/_releases.py``; this file only says what
+to install, and why each pin is there. The releases listed here and the
+table's ``tested`` releases must agree (checked when this file loads).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import glob
+import importlib.util
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
 import nox
+
+ROOT = pathlib.Path(__file__).resolve().parent
 
 nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["lint", "matrix"]
 
+#: How many ``tests`` sessions ``matrix`` runs at once (2 cores here and in CI).
+JOBS = int(os.environ.get("MLX_VLM_SAFE_JOBS", "2"))
+
+#: Companion versions for every pinned environment: the stack the matrix doc
+#: (shared/docs/mlx-vlm-matrix.md) measured all 75 releases with, and that
+#: every release in this file installs and runs on. Pinned so that a new mlx
+#: or transformers release cannot change what an old mlx-vlm release does
+#: overnight; the ``latest`` environment floats everything and catches that.
+#: None of the releases below needs an *older* companion: 0.1.7-0.3.9 were
+#: written for transformers 4.x but load and run the tiny checkpoint on 5.24
+#: (0.3.5 with transformers<5 even fails: PaliGemmaProcessor returns numpy
+#: arrays), and mlx 0.32.4 runs them all.
+STACK = (
+    "mlx==0.32.4",  # the mlx the matrix was measured with (mlx-cpu below)
+    "mlx-cpu==0.32.4",  # Linux needs the cpu wheel; plain mlx has no libmlx.so
+    "mlx-lm==0.32.2",  # pulled in by 0.1.15-0.6.13; newest, matches mlx 0.32
+    "transformers==5.24.0",  # what every release resolves to (0.6.4 aside)
+    "mlx-audio==0.6.2",  # pulled in by 0.2.0-0.3.1 and 0.5.0+
+    "numpy==2.4.6",
+)
+
+#: Python 3.12 for 0.1.26-0.2.0: their ``mlx_vlm.server`` uses
+#: ``typing.TypedDict``, which pydantic 2.14 rejects on Python < 3.12, so the
+#: server cannot even be imported on 3.11 (the import-order and server tests
+#: need it).
+PY312_SERVER = "3.12"
 PYTHON = "3.11"
 
-#: mlx-vlm release -> extra pins it needs, each with the reason beside it.
-RELEASES: dict[str, list[str]] = {
-    "0.3.5": [],  # affected: wired_limit swallows every exception off Metal
-    "0.7.10": [],  # newest release at the time of writing
+
+@dataclasses.dataclass(frozen=True)
+class Env:
+    """One CI environment: what to install, in order, and on which Python."""
+
+    installs: tuple[tuple[str, ...], ...]
+    python: str = PYTHON
+    pinned: bool = True  # constrain the companions to STACK
+    matrix_env: str | None = None  # MLX_VLM_SAFE_MATRIX_ENV (forks, co-installs)
+
+
+def _upstream(version: str, python: str = PYTHON) -> Env:
+    return Env(((f"mlx-vlm=={version}",),), python=python)
+
+
+#: Environment id -> what it installs. The id is the session's parameter:
+#: ``nox -s "tests(0.3.5)"``.
+ENVIRONMENTS: dict[str, Env] = {
+    "0.1.7": _upstream("0.1.7"),  # oldest with stream_generate; drops all kwargs
+    "0.1.25": _upstream("0.1.25"),  # str results + wired_limit fails on entry
+    "0.1.27": _upstream("0.1.27", PY312_SERVER),  # tuple results; server: 3.12
+    "0.2.0": _upstream("0.2.0", PY312_SERVER),  # load() broken; server: 3.12
+    "0.3.0": _upstream("0.3.0"),  # module layout; fails on entry off Metal
+    "0.3.1": _upstream("0.3.1"),  # last release failing on entry
+    "0.3.2": _upstream("0.3.2"),  # first affected (wired_limit swallows)
+    "0.3.5": _upstream("0.3.5"),  # affected
+    "0.3.10": _upstream("0.3.10"),  # last affected; first needing transformers 5
+    "0.3.11": _upstream("0.3.11"),  # wired_limit fixed upstream
+    "0.4.4": _upstream("0.4.4"),  # accepts an int repetition_penalty
+    "0.5.0": _upstream("0.5.0"),  # last module layout; ResponseGenerator server
+    "0.6.0": _upstream("0.6.0"),  # package layout, empty-stream guard upstream
+    "0.6.17": _upstream("0.6.17"),  # last 0.6.x
+    "0.7.10": _upstream("0.7.10"),  # newest release when this was written
+    # Whatever is newest on PyPI when CI runs, companions unpinned: a new
+    # upstream release that breaks the patch shows up here at once.
+    "latest": Env((("mlx-vlm",),), pinned=False),
+    # A fork that installs the same `mlx_vlm` package (no upstream 0.5.1):
+    # classified by behaviour, like 0.5.0.
+    "mlx-vlm-nell": Env((("mlx-vlm-nell==0.5.1",),), matrix_env="mlx-vlm-nell"),
+    # mlx-vlm 0.3.5, then the fork fount-vlm-nell-02 (0.3.11 code) over it:
+    # metadata says 0.3.5, the code is 0.3.11; report() must say both.
+    "coinstall": Env(
+        (("mlx-vlm==0.3.5",), ("fount-vlm-nell-02==0.3.11",)),
+        matrix_env="coinstall",
+    ),
 }
+
+
+def _load_table() -> Any:
+    """``mlx_vlm_safe._releases`` without importing the package (no hook)."""
+    path = ROOT / "mlx_vlm_safe" / "_releases.py"
+    spec = importlib.util.spec_from_file_location("_mlx_vlm_safe_releases", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+TABLE = _load_table()
+
+
+def _check_against_table() -> None:
+    upstream = {k for k in ENVIRONMENTS if re.fullmatch(r"[\d.]+", k)}
+    tested = {v for row in TABLE.RELEASES for v in row.tested}
+    installs = {i.name for i in TABLE.INSTALLS}
+    forks = {e.matrix_env for e in ENVIRONMENTS.values() if e.matrix_env}
+    if upstream != tested or forks != installs:
+        raise SystemExit(
+            "noxfile.py and mlx_vlm_safe/_releases.py disagree on what CI tests: "
+            f"only here {sorted((upstream - tested) | (forks - installs))}, "
+            f"only in the table {sorted((tested - upstream) | (installs - forks))}"
+        )
+    for name, env in ENVIRONMENTS.items():
+        if env.matrix_env:
+            steps = tuple(s for step in env.installs for s in step)
+            assert steps == TABLE.install_named(env.matrix_env).installs, name
+
+
+_check_against_table()
+
+
+def _deselected(env_id: str) -> list[str]:
+    """``--deselect`` arguments the table gives for this environment."""
+    env = ENVIRONMENTS[env_id]
+    version = env_id if re.fullmatch(r"[\d.]+", env_id) else None
+    install = TABLE.install_named(env.matrix_env)
+    if install is not None:
+        row = install.release()
+    elif version is not None:
+        row = TABLE.release_for(version).at(version)
+    else:
+        return []  # latest: whatever it is, the whole suite
+    return [arg for node in row.deselected() for arg in ("--deselect", node)]
+
+
+@functools.cache
+def _interpreter(version: str) -> str:
+    """A real interpreter for ``version``: on PATH, or from pyenv's versions.
+
+    pyenv's ``python3.12`` shim fails unless 3.12 is selected, and neither
+    nox's discovery nor uv looks into pyenv's versions directory.
+    """
+    exe = shutil.which(f"python{version}")
+    if exe:
+        probe = subprocess.run(
+            [exe, "-c", "import sys; print(sys.executable)"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip():
+            return probe.stdout.strip()
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    found = glob.glob(os.path.join(root, "versions", f"{version}.*", "bin"))
+    found.sort(key=lambda p: [int(x) for x in re.findall(r"\d+", p.split("/")[-2])])
+    for bindir in reversed(found):
+        candidate = os.path.join(bindir, f"python{version}")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return version  # nox reports the missing interpreter and fails
 
 
 @nox.session(python=PYTHON)
@@ -33,10 +198,114 @@ def lint(session: nox.Session) -> None:
     session.run("mypy")
 
 
-@nox.session(python=PYTHON)
-@nox.parametrize("mlx_vlm", list(RELEASES))
-def tests(session: nox.Session, mlx_vlm: str) -> None:
-    """The whole suite against one real mlx-vlm release on CPU."""
-    requirement = "mlx-vlm" if mlx_vlm == "latest" else f"mlx-vlm=={mlx_vlm}"
-    session.install("mlx[cpu]", requirement, *RELEASES[mlx_vlm], "-e", ".[tests]")
-    session.run("python", "-m", "pytest", "-q", *session.posargs)
+_PARAMS = [
+    nox.param(_interpreter(env.python), env_id, id=env_id)
+    for env_id, env in ENVIRONMENTS.items()
+]
+
+
+@nox.session
+@nox.parametrize(("python", "env_id"), _PARAMS)
+def tests(session: nox.Session, env_id: str) -> None:
+    """The whole suite against one real mlx-vlm environment on CPU."""
+    env = ENVIRONMENTS[env_id]
+    constraints: list[str] = []
+    if env.pinned:
+        path = pathlib.Path(session.create_tmp()) / "constraints.txt"
+        path.write_text("\n".join(STACK) + "\n")
+        constraints = ["--constraint", str(path)]
+    first, *later = env.installs
+    session.install("mlx[cpu]", *first, "-e", ".[tests]", *constraints)
+    for step in later:  # installed over the previous step, files and all
+        session.install(*step, *constraints)
+    session.run(
+        "python",
+        "-c",
+        "import importlib.metadata as m, mlx_vlm; print('mlx-vlm', "
+        "mlx_vlm.__version__, 'metadata', m.packages_distributions()['mlx_vlm'])",
+    )
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *_deselected(env_id),
+        *session.posargs,
+        env={"MLX_VLM_SAFE_MATRIX_ENV": env.matrix_env or ""},
+    )
+
+
+# ------------------------------------------------------------------ the driver
+
+_LOGS = ROOT / ".nox" / "_matrix"
+#: Longest first, so the two lanes finish together (seconds, measured).
+_ORDER_HINT = ("0.3.0", "0.3.1", "0.1.27", "0.2.0", "0.1.25", "0.1.7")
+
+
+def _summary_of(log: pathlib.Path) -> str:
+    """pytest's closing line ("262 passed, 3 deselected in 70.12s"), if any."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    lines = [
+        ln.strip("= ").strip()
+        for ln in text.splitlines()
+        if re.search(r"\b(passed|failed|error|no tests ran)\b", ln)
+        and re.search(r"\bin [\d.]+s\b", ln)
+    ]
+    return lines[-1] if lines else "no pytest summary (see the log)"
+
+
+@nox.session(python=False)
+def matrix(session: nox.Session) -> None:
+    """Run every ``tests(...)`` environment, JOBS at a time; one line each."""
+    _LOGS.mkdir(parents=True, exist_ok=True)
+    todo = sorted(
+        ENVIRONMENTS,
+        key=lambda e: _ORDER_HINT.index(e) if e in _ORDER_HINT else len(_ORDER_HINT),
+    )
+    if session.posargs:
+        todo = [e for e in todo if e in session.posargs]
+    running: dict[str, tuple[subprocess.Popen[bytes], float, Any]] = {}
+    results: dict[str, tuple[int, float]] = {}
+    started = time.monotonic()
+    while todo or running:
+        while todo and len(running) < JOBS:
+            env_id = todo.pop(0)
+            log = open(_LOGS / f"{env_id}.log", "wb")  # noqa: SIM115
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "nox", "-s", f"tests({env_id})"],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            running[env_id] = (proc, time.monotonic(), log)
+            session.log(f"started tests({env_id})")
+        time.sleep(1)
+        for env_id, (proc, t0, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[env_id]
+            results[env_id] = (proc.returncode, time.monotonic() - t0)
+            verdict = "passed" if proc.returncode == 0 else "FAILED"
+            session.log(
+                f"tests({env_id}): {verdict} in {results[env_id][1]:.0f}s: "
+                f"{_summary_of(_LOGS / f'{env_id}.log')}"
+            )
+    failed = [e for e, (code, _) in results.items() if code != 0]
+    for env_id in failed:
+        tail = (_LOGS / f"{env_id}.log").read_text(errors="replace").splitlines()
+        print(f"\n----- tests({env_id}) FAILED; last lines of its log -----")
+        print("\n".join(line[:400] for line in tail[-80:]))
+    print(f"\nmlx-vlm matrix, {time.monotonic() - started:.0f}s wall, {JOBS} jobs:")
+    for env_id in ENVIRONMENTS:
+        if env_id not in results:
+            continue
+        code, seconds = results[env_id]
+        verdict = "passed" if code == 0 else "FAILED"
+        summary = _summary_of(_LOGS / f"{env_id}.log")
+        print(f"  {env_id:<13} {verdict:<6} {seconds:4.0f}s  {summary}")
+    if failed:
+        session.error(f"matrix failed on: {', '.join(failed)}")
