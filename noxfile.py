@@ -2,8 +2,10 @@
 
 ``nox`` runs ``lint`` and ``matrix``; ``matrix`` runs every ``tests(...)``
 session, two at a time (this machine and CI have two cores), and prints one
-line per environment. One environment alone: ``nox -s "tests(0.3.5)"``; the
-list: ``nox -l``.
+line per environment. Every environment runs every real-model test; the tests
+that need a fresh interpreter (``-m subprocess``) run on the environments in
+``FRESH_INTERPRETER_ENVS`` of ``_releases.py`` (one per server binding). One
+environment alone: ``nox -s "tests(0.3.5)"``; the list: ``nox -l``.
 
 Each environment gets its own virtualenv (uv makes them cheap: every wheel
 comes from uv's cache after the first run, shared by all environments), with
@@ -139,6 +141,7 @@ def _check_against_table() -> None:
             f"only here {sorted((upstream - tested) | (forks - installs))}, "
             f"only in the table {sorted((tested - upstream) | (installs - forks))}"
         )
+    assert set(TABLE.FRESH_INTERPRETER_ENVS) <= set(ENVIRONMENTS)
     for name, env in ENVIRONMENTS.items():
         if env.matrix_env:
             steps = tuple(s for step in env.installs for s in step)
@@ -224,6 +227,7 @@ def tests(session: nox.Session, env_id: str) -> None:
         "import importlib.metadata as m, mlx_vlm; print('mlx-vlm', "
         "mlx_vlm.__version__, 'metadata', m.packages_distributions()['mlx_vlm'])",
     )
+    lean = [] if env_id in TABLE.FRESH_INTERPRETER_ENVS else ["-m", "not subprocess"]
     session.run(
         "python",
         "-m",
@@ -231,6 +235,7 @@ def tests(session: nox.Session, env_id: str) -> None:
         "-q",
         "-p",
         "no:cacheprovider",
+        *lean,
         *_deselected(env_id),
         *session.posargs,
         env={"MLX_VLM_SAFE_MATRIX_ENV": env.matrix_env or ""},
@@ -240,8 +245,9 @@ def tests(session: nox.Session, env_id: str) -> None:
 # ------------------------------------------------------------------ the driver
 
 _LOGS = ROOT / ".nox" / "_matrix"
-#: Longest first, so the two lanes finish together (seconds, measured).
-_ORDER_HINT = ("0.3.0", "0.3.1", "0.1.27", "0.2.0", "0.1.25", "0.1.7")
+#: Longest first, so the two lanes finish together: the environments that
+#: also run the fresh-interpreter tests (~4-6 min each), then the rest (~1 min).
+_ORDER_HINT = TABLE.FRESH_INTERPRETER_ENVS
 
 
 def _summary_of(log: pathlib.Path) -> str:
