@@ -288,9 +288,11 @@ def _live(mlx_vlm: ModuleType, home: str | None) -> Live:
     text = result if isinstance(result, str) else str(getattr(result, "text", ""))
     tokens = getattr(result, "generation_tokens", None)
     outcome = last_outcome()
+    if not isinstance(tokens, int):  # str and tuple results carry no count
+        tokens = outcome.generation_tokens if outcome else None
     return Live(
         ok=True,
-        tokens=tokens if isinstance(tokens, int) else None,
+        tokens=tokens,
         text=text,
         finish_reason=outcome.finish_reason if outcome else None,
         seconds=round(seconds, 3),

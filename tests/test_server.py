@@ -7,20 +7,29 @@ port, with the tiny checkpoint. The client is the standard library's urllib.
 
 How each release starts its server:
 
-* 0.6+ (a package with a CLI): ``python -m mlx_vlm.server --host --port --model``.
-* 0.3.x-0.5.0: ``python -m mlx_vlm.server`` takes no arguments; its ``main()``
+* 0.3.10+ (argparse): ``python -m mlx_vlm.server --host --port``, plus
+  ``--model`` where the release has it (not 0.3.10-0.3.11); the requests
+  name the model anyway.
+* 0.1.26-0.3.9: ``python -m mlx_vlm.server`` takes no arguments; its ``main()``
   is ``uvicorn.run("mlx_vlm.server:app", host="0.0.0.0", port=8000,
   workers=1, reload=True)``. We make the same call with uvicorn's own CLI and
   our address: ``python -m uvicorn mlx_vlm.server:app --host 127.0.0.1
   --port N --workers 1 --reload``. The reloader serves from a *spawned* child
   process, so these tests also prove that ``run`` reaches child processes.
 
-What reaches ``generate()`` depends on the release's request model: on 0.3.x
-``/responses`` types ``temperature`` as a float (a JSON ``"0.7"`` is coerced)
-but passes ``max_output_tokens`` through, and ``0`` makes generation fail; on
-0.7.x ``/chat/completions`` passes ``logit_bias`` through untyped, and a
-string makes generation fail. Every server started here is stopped by its
-fixture, whatever happens (process-group kill, bounded waits).
+The client asks ``/chat/completions``, or ``/responses`` where the chat
+endpoint cannot serve the tiny checkpoint (0.4.4, 0.5.0). What makes
+generation fail depends on the request model in front of ``generate()`` (see
+``_trigger``): on 0.3.x-0.4.x ``max_tokens``/``max_output_tokens`` 0 reaches
+``stream_generate`` (a JSON ``"0.7"`` temperature does not: it is typed float
+and coerced); on 0.6+ ``logit_bias`` is untyped and a string reaches sampling.
+
+Where a release's server cannot start or cannot serve the tiny checkpoint
+with an image data URL (0.1.26-0.3.2 read data URLs as file names, 0.2.0's
+``load()`` is broken, 0.6.0's chat path fails on the checkpoint's processor),
+the tests skip with the server's own error, after checking that the same
+server without ``run`` fails the same way. Every server started here is
+stopped by its fixture, whatever happens (process-group kill, bounded waits).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -44,7 +54,7 @@ from typing import Any
 
 import pytest
 
-from mlx_vlm_safe._releases import Release
+from mlx_vlm_safe._releases import ENTRY_ERROR, Release
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.model]
@@ -62,8 +72,6 @@ class Api:
 
     path: str
     body: Callable[[str, str], dict[str, Any]]
-    breaks_generation: dict[str, Any]
-    real_error: tuple[str, ...]  # the failing request's error carries one of these
     text: Callable[[dict[str, Any]], str]
     tokens: Callable[[dict[str, Any]], int]
 
@@ -83,10 +91,11 @@ CHAT = Api(
             }
         ],
     },
-    breaks_generation={"logit_bias": "not-a-mapping"},
-    real_error=("'str' object has no attribute 'keys'",),
     text=lambda r: str(r["choices"][0]["message"]["content"]),
-    tokens=lambda r: int(r["usage"]["completion_tokens"]),
+    # 0.3.10-0.4.4 name them like the Responses API
+    tokens=lambda r: int(
+        r["usage"].get("completion_tokens", r["usage"].get("output_tokens", -1))
+    ),
 )
 
 RESPONSES = Api(
@@ -104,9 +113,6 @@ RESPONSES = Api(
             }
         ],
     },
-    breaks_generation={"max_output_tokens": 0},
-    # mlx-vlm's own UnboundLocalError in stream_generate (py3.11+ / py3.10 wording)
-    real_error=("cannot access local variable 'token'", "local variable 'token'"),
     text=lambda r: str(r["output_text"]),
     tokens=lambda r: int(r["usage"]["output_tokens"]),
 )
@@ -146,22 +152,30 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_has_cli() -> bool:
-    """Whether ``python -m mlx_vlm.server`` takes ``--host/--port`` (0.6+)."""
+def _server_flags() -> set[str]:
+    """The flags ``python -m mlx_vlm.server`` takes (none before 0.3.10)."""
     spec = importlib.util.find_spec("mlx_vlm.server")
     if spec is None or spec.origin is None:
         pytest.skip("this mlx-vlm release has no mlx_vlm.server (before 0.1.26)")
     origin = pathlib.Path(spec.origin)
     sources = origin.parent.glob("*.py") if origin.name == "__init__.py" else [origin]
-    return any('"--port"' in p.read_text(errors="replace") for p in sources)
+    text = "".join(p.read_text(errors="replace") for p in sources)
+    return {flag for flag in ("--host", "--port", "--model") if f'"{flag}"' in text}
 
 
 def _command(port: int, checkpoint: pathlib.Path, cwd: pathlib.Path) -> list[str]:
     """The release's own way to start its server, on 127.0.0.1:port."""
-    if _server_has_cli():
+    flags = _server_flags()
+    if {"--host", "--port"} <= flags:
+        model = ["--model", str(checkpoint)] if "--model" in flags else []
         return [
-            *("-m", "mlx_vlm.server", "--host", "127.0.0.1", "--port", str(port)),
-            *("--model", str(checkpoint)),
+            "-m",
+            "mlx_vlm.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *model,
         ]
     return [
         *("-m", "uvicorn", "mlx_vlm.server:app", "--host", "127.0.0.1"),
@@ -246,6 +260,39 @@ class _ServerDied(Exception):
 RUN = [sys.executable, "-m", "mlx_vlm_safe", "run", "--"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Trigger:
+    """Request parameters that make this release's generation fail, and why."""
+
+    extra: dict[str, Any]
+    real_error: tuple[str, ...]  # the error response carries one of these
+
+
+def _trigger(api: Api, release: Release) -> Trigger:
+    """What reaches generation through ``api`` on this release and breaks it.
+
+    Read from the release table: the server binding decides which request
+    model is in front of ``generate()``. Skips (with the reason) where no
+    parameter is known to reach generation: 0.5.0's ResponseGenerator path
+    (V2+RG) takes its own defaults for everything tried (max_output_tokens=0,
+    a str logit_bias, a str temperature, an int repetition_penalty).
+    """
+    if release.server == "V2" and release.has("max_tokens_zero_raises"):
+        key = "max_tokens" if api is CHAT else "max_output_tokens"
+        # mlx-vlm's own UnboundLocalError in stream_generate (3.11+ / 3.10 wording)
+        return Trigger({key: 0}, ("local variable 'token'",))
+    if release.server == "V3+RG":  # logit_bias is typed Any and reaches sampling
+        return Trigger(
+            {"logit_bias": "not-a-mapping"}, ("object has no attribute 'keys'",)
+        )
+    pytest.skip(
+        f"no request parameter is known to make generation fail through "
+        f"{api.path} on this release's server (binding {release.server}): its "
+        "continuous-batching path ignores max_output_tokens=0, a str logit_bias, "
+        "a str temperature and an int repetition_penalty"
+    )
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str]:
     root = tmp_path_factory.mktemp("server-assets")
@@ -254,46 +301,57 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str]
     return build_tiny_checkpoint(root / "checkpoint"), url
 
 
-def _start_or_skip(
-    prefix: list[str],
-    name: str,
-    assets: tuple[pathlib.Path, str],
-    workdir: pathlib.Path,
-) -> contextlib.AbstractContextManager[Server]:
-    """Start a server; skip (with the release's own error) if it cannot start."""
-    checkpoint, _ = assets
+@contextlib.contextmanager
+def _started(
+    prefix: list[str], name: str, checkpoint: pathlib.Path, workdir: pathlib.Path
+) -> Iterator[Server]:
+    """A running server; skip (with the release's own error) if it cannot start."""
+    try:
+        with _serving(prefix, checkpoint, workdir, name) as server:
+            yield server
+    except _ServerDied as died:
+        if prefix:  # ours failed: is it the release, or is it us?
+            with (
+                contextlib.suppress(_ServerDied),
+                _serving([], checkpoint, workdir, "control-start"),
+            ):
+                pytest.fail(f"the server dies under `run` only:\n{died.tail}")
+        pytest.skip(f"this release's server cannot start here: {died.last_line}")
 
-    @contextlib.contextmanager
-    def started() -> Iterator[Server]:
-        try:
-            with _serving(prefix, checkpoint, workdir, name) as server:
-                yield server
-        except _ServerDied as died:
-            if prefix:  # ours failed: is it the release, or is it us?
-                with (
-                    contextlib.suppress(_ServerDied),
-                    _serving([], checkpoint, workdir, "control"),
-                ):
-                    pytest.fail(f"the server dies under `run` only:\n{died.tail}")
-            pytest.skip(f"this release's server cannot start here: {died.last_line}")
 
-    return started()
+def _serving_api(
+    server: Server, assets: tuple[pathlib.Path, str]
+) -> tuple[Api | None, list[str]]:
+    """The first OpenAI-style endpoint that answers the image request, if any."""
+    checkpoint, image = assets
+    failures = []
+    for api in (CHAT, RESPONSES):
+        if api.path not in server.paths:
+            continue
+        status, body = server.request(api.path, api.body(str(checkpoint), image))
+        if status == 200:
+            return api, failures
+        failures.append(f"{api.path}: {status} {json.dumps(body)[:300]}")
+    return None, failures or [f"no OpenAI-style endpoint among {server.paths}"]
 
 
 @pytest.fixture(scope="module")
-def patched_server(
+def patched(
     assets: tuple[pathlib.Path, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+) -> Iterator[tuple[Server, Api]]:
+    """The server under ``run``, and the endpoint that serves the tiny model."""
+    checkpoint, _ = assets
     workdir = tmp_path_factory.mktemp("patched-server")
-    with _start_or_skip(RUN, "patched", assets, workdir) as server:
-        yield server
-
-
-def _api(server: Server) -> Api:
-    for api in (CHAT, RESPONSES):
-        if api.path in server.paths:
-            return api
-    pytest.skip(f"no OpenAI-style endpoint in this release's server: {server.paths}")
+    with _started(RUN, "patched", checkpoint, workdir) as server:
+        api, failures = _serving_api(server, assets)
+        if api is None:
+            with _started([], "control", checkpoint, workdir) as control:
+                if _serving_api(control, assets)[0] is not None:
+                    pytest.fail(f"serves unpatched but not under `run`: {failures}")
+            pytest.skip(
+                f"this release's server cannot serve the tiny checkpoint: {failures}"
+            )
+        yield server, api
 
 
 def _good(server: Server, api: Api, assets: tuple[pathlib.Path, str]) -> None:
@@ -304,22 +362,33 @@ def _good(server: Server, api: Api, assets: tuple[pathlib.Path, str]) -> None:
     assert api.tokens(body) == TOKENS, body
 
 
-def test_patched_server_serves_fails_with_the_real_error_and_recovers(
-    patched_server: Server, assets: tuple[pathlib.Path, str]
-) -> None:
-    api = _api(patched_server)
-    _good(patched_server, api, assets)
-
+def _bad(
+    server: Server, api: Api, trigger: Trigger, assets: tuple[pathlib.Path, str]
+) -> tuple[int, str]:
     checkpoint, image = assets
-    status, body = patched_server.request(
-        api.path, {**api.body(str(checkpoint), image), **api.breaks_generation}
+    status, body = server.request(
+        api.path, {**api.body(str(checkpoint), image), **trigger.extra}
     )
-    detail = json.dumps(body)
+    return status, json.dumps(body)
+
+
+def test_patched_server_answers_an_image_chat_completion(
+    patched: tuple[Server, Api], assets: tuple[pathlib.Path, str]
+) -> None:
+    server, api = patched
+    _good(server, api, assets)
+
+
+def test_patched_server_fails_with_the_real_error_and_recovers(
+    patched: tuple[Server, Api], assets: tuple[pathlib.Path, str], release: Release
+) -> None:
+    server, api = patched
+    trigger = _trigger(api, release)
+    status, detail = _bad(server, api, trigger, assets)
     assert 500 <= status < 600, f"{status} {detail}"
     assert "NoneType" not in detail, detail
-    assert any(fragment in detail for fragment in api.real_error), detail
-
-    _good(patched_server, api, assets)  # the server still serves
+    assert any(fragment in detail for fragment in trigger.real_error), detail
+    _good(server, api, assets)  # the server still serves
 
 
 def test_unpatched_server_shows_what_the_patch_fixes(
@@ -328,16 +397,20 @@ def test_unpatched_server_shows_what_the_patch_fixes(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     # The control: the same release, the same bad request, no mlx_vlm_safe.
+    checkpoint, _ = assets
     workdir = tmp_path_factory.mktemp("plain-server")
-    with _start_or_skip([], "plain", assets, workdir) as server:
-        api = _api(server)
-        checkpoint, image = assets
-        status, body = server.request(
-            api.path, {**api.body(str(checkpoint), image), **api.breaks_generation}
-        )
-    detail = json.dumps(body)
+    with _started([], "plain", checkpoint, workdir) as server:
+        api, failures = _serving_api(server, assets)
+        if api is None:
+            pytest.skip(
+                f"this release's server cannot serve the tiny checkpoint: {failures}"
+            )
+        trigger = _trigger(api, release)
+        status, detail = _bad(server, api, trigger, assets)
     assert 500 <= status < 600, f"{status} {detail}"
     if release.wired_limit == "swallows":  # 0.3.2-0.3.10 on Linux
         assert NONE_DEFECT in detail, detail
+    elif release.fails_on_entry:
+        assert re.search(ENTRY_ERROR, detail), detail
     else:
-        assert any(fragment in detail for fragment in api.real_error), detail
+        assert any(fragment in detail for fragment in trigger.real_error), detail
