@@ -57,7 +57,7 @@ STACK = (
     "mlx-lm==0.32.2",  # pulled in by 0.1.15-0.6.13; newest, matches mlx 0.32
     "transformers==5.24.0",  # what every release resolves to (0.6.4 aside)
     "mlx-audio==0.6.2",  # pulled in by 0.2.0-0.3.1 and 0.5.0+
-    "numpy==2.4.6",
+    # numpy is left to each release: 0.1.0-0.1.23 pin scipy==1.13.1 (numpy<2.3)
 )
 
 #: Python 3.12 for 0.1.26-0.2.0: their ``mlx_vlm.server`` uses
