@@ -117,6 +117,7 @@ def test_patch_rejects_a_bad_argument(bad: object) -> None:
         mlx_vlm_safe.patch(strict=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.model
 def test_patch_and_calls_from_many_threads(
     tiny: Tiny, mlx_vlm: Any, exports: Any, release: Release
 ) -> None:
