@@ -335,19 +335,40 @@ def _serving_api(
     return None, failures or [f"no OpenAI-style endpoint among {server.paths}"]
 
 
+@dataclasses.dataclass(frozen=True)
+class Plain:
+    """The release's server without mlx_vlm_safe: the control of every test."""
+
+    server: Server
+    api: Api | None
+    failures: list[str]
+
+
+@pytest.fixture(scope="module")
+def plain(
+    assets: tuple[pathlib.Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Plain]:
+    checkpoint, _ = assets
+    workdir = tmp_path_factory.mktemp("plain-server")
+    with _started([], "plain", checkpoint, workdir) as server:
+        yield Plain(server, *_serving_api(server, assets))
+
+
 @pytest.fixture(scope="module")
 def patched(
-    assets: tuple[pathlib.Path, str], tmp_path_factory: pytest.TempPathFactory
+    assets: tuple[pathlib.Path, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[tuple[Server, Api]]:
     """The server under ``run``, and the endpoint that serves the tiny model."""
     checkpoint, _ = assets
     workdir = tmp_path_factory.mktemp("patched-server")
     with _started(RUN, "patched", checkpoint, workdir) as server:
         api, failures = _serving_api(server, assets)
-        if api is None:
-            with _started([], "control", checkpoint, workdir) as control:
-                if _serving_api(control, assets)[0] is not None:
-                    pytest.fail(f"serves unpatched but not under `run`: {failures}")
+        if api is None:  # is it the release, or is it us?
+            control: Plain = request.getfixturevalue("plain")
+            if control.api is not None:
+                pytest.fail(f"serves unpatched but not under `run`: {failures}")
             pytest.skip(
                 f"this release's server cannot serve the tiny checkpoint: {failures}"
             )
@@ -392,21 +413,15 @@ def test_patched_server_fails_with_the_real_error_and_recovers(
 
 
 def test_unpatched_server_shows_what_the_patch_fixes(
-    assets: tuple[pathlib.Path, str],
-    release: Release,
-    tmp_path_factory: pytest.TempPathFactory,
+    plain: Plain, assets: tuple[pathlib.Path, str], release: Release
 ) -> None:
     # The control: the same release, the same bad request, no mlx_vlm_safe.
-    checkpoint, _ = assets
-    workdir = tmp_path_factory.mktemp("plain-server")
-    with _started([], "plain", checkpoint, workdir) as server:
-        api, failures = _serving_api(server, assets)
-        if api is None:
-            pytest.skip(
-                f"this release's server cannot serve the tiny checkpoint: {failures}"
-            )
-        trigger = _trigger(api, release)
-        status, detail = _bad(server, api, trigger, assets)
+    if plain.api is None:
+        pytest.skip(
+            f"this release's server cannot serve the tiny checkpoint: {plain.failures}"
+        )
+    trigger = _trigger(plain.api, release)
+    status, detail = _bad(plain.server, plain.api, trigger, assets)
     assert 500 <= status < 600, f"{status} {detail}"
     if release.wired_limit == "swallows":  # 0.3.2-0.3.10 on Linux
         assert NONE_DEFECT in detail, detail
