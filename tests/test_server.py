@@ -331,7 +331,8 @@ def _serving_api(
         status, body = server.request(api.path, api.body(str(checkpoint), image))
         if status == 200:
             return api, failures
-        failures.append(f"{api.path}: {status} {json.dumps(body)[:300]}")
+        detail = re.sub(r"(base64,)[A-Za-z0-9+/=]+", r"\1...", json.dumps(body))
+        failures.append(f"{api.path}: {status} {detail[:300]}")
     return None, failures or [f"no OpenAI-style endpoint among {server.paths}"]
 
 
