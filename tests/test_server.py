@@ -152,14 +152,19 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_flags() -> set[str]:
-    """The flags ``python -m mlx_vlm.server`` takes (none before 0.3.10)."""
+def _server_source() -> str:
+    """The source of ``mlx_vlm.server`` (all of it, for the 0.6+ package)."""
     spec = importlib.util.find_spec("mlx_vlm.server")
     if spec is None or spec.origin is None:
         pytest.skip("this mlx-vlm release has no mlx_vlm.server (before 0.1.26)")
     origin = pathlib.Path(spec.origin)
     sources = origin.parent.glob("*.py") if origin.name == "__init__.py" else [origin]
-    text = "".join(p.read_text(errors="replace") for p in sources)
+    return "".join(p.read_text(errors="replace") for p in sources)
+
+
+def _server_flags() -> set[str]:
+    """The flags ``python -m mlx_vlm.server`` takes (none before 0.3.10)."""
+    text = _server_source()
     return {flag for flag in ("--host", "--port", "--model") if f'"{flag}"' in text}
 
 
@@ -271,13 +276,20 @@ class Trigger:
 def _trigger(api: Api, release: Release) -> Trigger:
     """What reaches generation through ``api`` on this release and breaks it.
 
-    Read from the release table: the server binding decides which request
-    model is in front of ``generate()``. Skips (with the reason) where no
+    Read from the release table (the server binding decides which request
+    model is in front of ``generate()``) and from the server's source: the
+    table's 0.3.11-0.5.0 row says V2, but 0.5.0 serves through a
+    ResponseGenerator (V2+RG in the matrix doc). Skips (with the reason) where no
     parameter is known to reach generation: 0.5.0's ResponseGenerator path
     (V2+RG) takes its own defaults for everything tried (max_output_tokens=0,
     a str logit_bias, a str temperature, an int repetition_penalty).
     """
-    if release.server == "V2" and release.has("max_tokens_zero_raises"):
+    batching = "ResponseGenerator" in _server_source()  # 0.5.0 (V2+RG) and 0.6+
+    if (
+        release.server == "V2"
+        and release.has("max_tokens_zero_raises")
+        and not batching
+    ):
         key = "max_tokens" if api is CHAT else "max_output_tokens"
         # mlx-vlm's own UnboundLocalError in stream_generate (3.11+ / 3.10 wording)
         return Trigger({key: 0}, ("local variable 'token'",))
