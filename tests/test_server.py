@@ -299,7 +299,8 @@ def _trigger(api: Api, release: Release) -> Trigger:
         )
     pytest.skip(
         f"no request parameter is known to make generation fail through "
-        f"{api.path} on this release's server (binding {release.server}): its "
+        f"{api.path} on this release's server (binding {release.server}"
+        f"{', serving through a ResponseGenerator' if batching else ''}): its "
         "continuous-batching path ignores max_output_tokens=0, a str logit_bias, "
         "a str temperature and an int repetition_penalty"
     )
