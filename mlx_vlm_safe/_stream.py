@@ -103,13 +103,20 @@ def stream_engine(
         state.active = False
     it, first = outcome
     del outcome
-    count, error = 1, None
+    count, error, at_yield = 1, None, True
     try:
         yield first
+        at_yield = False
         for item in it:
             count += 1
+            at_yield = True
             yield item
-    except GeneratorExit:  # closed early by the consumer: not an error
+            at_yield = False
+    except GeneratorExit:
+        # At our ``yield`` it is the consumer closing the stream early: not an
+        # error. Anywhere else the generation itself raised it.
+        if not at_yield:
+            error = "GeneratorExit"
         raise
     except BaseException as exc:
         error = type(exc).__name__

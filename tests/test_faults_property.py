@@ -208,10 +208,7 @@ def _check_untouched_interrupt(seen: Observed) -> None:
     assert caught is not None, f"{seen.plan} fired but the call returned"
     assert seen.record.calls == 1, "a BaseException triggered a retry"
     assert len(seen.attempts) == 1
-    if not (isinstance(caught, GeneratorExit) and seen.items):
-        # Known core bug, pinned by the xfail test below: mid-stream, the
-        # record calls a GeneratorExit raised by the generation a clean close.
-        assert seen.attempts[0].error_type == type(caught).__name__
+    assert seen.attempts[0].error_type == type(caught).__name__
     assert getattr(caught, "__notes__", None) is None
     assert not hasattr(caught, "mlx_vlm_safe_attempts")
     assert caught.__cause__ is None
@@ -285,12 +282,6 @@ def test_stream_yields_only_what_was_made_then_raises(
             assert seen.record.calls == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: _stream.stream_engine treats every GeneratorExit as the "
-    "consumer closing the stream, so one raised by the generation is recorded "
-    "as a clean end (error_type None)",
-)
 def test_generator_exit_raised_mid_stream_is_recorded_as_the_error(
     subject: Subject,
 ) -> None:
