@@ -103,6 +103,13 @@ def stream_engine(
         state.active = False
     it, first = outcome
     del outcome
+    yield from _deliver(it, first, state, spec, clock)
+
+
+def _deliver(
+    it: Iterator[Any], first: Any, state: CallState, spec: CallSpec, clock: Any
+) -> Iterator[Any]:
+    """Yield the first item and the rest; record how the stream ended."""
     count, error, at_yield = 1, None, True
     try:
         yield first
