@@ -58,6 +58,8 @@ class _State:
     replacements: dict[int, tuple[object, object, str]] = dataclasses.field(
         default_factory=dict
     )
+    # id(replacement) -> original, to recognise copies of our wrappers
+    originals: dict[int, object] = dataclasses.field(default_factory=dict)
     # (module, attribute, original, replacement) in the order they were made
     rebound: list[tuple[ModuleType, str, object, object]] = dataclasses.field(
         default_factory=list
@@ -103,13 +105,23 @@ def _is_newer_than_known(version: str | None) -> bool:
 
 
 def _sweep(module: ModuleType) -> None:
-    """Rebind every attribute of ``module`` that is one of the originals."""
+    """Rebind every attribute of ``module`` that is one of the originals.
+
+    An attribute that already holds a replacement (a module imported after the
+    patch copied it by name, ``from ..generate import generate``) is recorded
+    too, so that ``unpatch()`` gives it the original back.
+    """
     replacements = _STATE.replacements
+    originals = _STATE.originals
     for name, value in list(vars(module).items()):
         entry = replacements.get(id(value))
         if entry is not None and entry[0] is value:
             setattr(module, name, entry[1])
             _STATE.rebound.append((module, name, value, entry[1]))
+            continue
+        original = originals.get(id(value))
+        if original is not None and replacements[id(original)][1] is value:
+            _STATE.rebound.append((module, name, original, value))
 
 
 def _loaded_mlx_vlm_modules() -> list[ModuleType]:
@@ -260,6 +272,7 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     _STATE.replacements.clear()
     _STATE.rebound.clear()
     _plan(located, behaviour, wired)
+    _STATE.originals = {id(r): o for o, r, _ in _STATE.replacements.values()}
     for module in _loaded_mlx_vlm_modules():
         _sweep(module)
     _STATE.located = located
@@ -353,6 +366,7 @@ def unpatch() -> Report:
                 )
         _STATE.rebound.clear()
         _STATE.replacements.clear()
+        _STATE.originals.clear()
         _STATE.armed = False
         if _STATE.status in ("patched", "pending", "failed"):
             _STATE.status = "unpatched"
