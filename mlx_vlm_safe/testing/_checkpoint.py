@@ -13,7 +13,6 @@ Heavy imports (mlx, numpy, tokenizers, PIL) happen inside the functions, so
 """
 
 # Heavy imports are deliberately local to the functions that need them.
-# ruff: noqa: PLC0415
 
 from __future__ import annotations
 
