@@ -330,9 +330,12 @@ def patch(*, strict: bool = False) -> Report:
     if not isinstance(strict, bool):
         raise ValueError(f"strict must be True or False, got {strict!r}")
     if _env.parse_flag(_env.DISABLE):
+        # The kill switch means "leave mlx-vlm as it ships": undo an earlier
+        # patch and disarm the import hook, so nothing patches later either.
         with _LOCK:
+            unpatch()
             _STATE.status = "disabled"
-        return report()
+        return report(inventory=False)
     with _LOCK:
         if _STATE.status == "patched":
             return report(inventory=False)

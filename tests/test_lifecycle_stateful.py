@@ -55,12 +55,9 @@ FAULTS = ("none", "error0", "error_k", "prefill", "interrupt", "empty")
 VIAS = ("attr", "stream", "captured", "server")
 THREAD_OPS = ("patch", "unpatch", "report", "is_patched")
 
-#: Three core bugs this machine found, each pinned by an xfail test below.
-#: While they stand, the machine steers around B2/B3 and forgives B1 (only
-#: that exact violation, only in modules imported while patched), so CI stays
-#: green; set False to watch it find them. Remove when the xfails pass.
-TOLERATE_KNOWN_CORE_BUGS = True
-LATE_IMPORT_LEFT_WRAPPED = "is our wrapper while not patched"  # B1
+#: The machine found three core bugs (fixed; each keeps a named test below):
+#: B1 a module imported while patched kept our wrapper after unpatch(); B2/B3
+#: patch() under the kill switch left wrappers in place / the hook armed.
 
 
 class Context:
@@ -161,15 +158,6 @@ class Lifecycle(RuleBasedStateMachine):
         self._import_safe()
         self._add({"op": "import_safe"})
 
-    @precondition(
-        lambda self: (
-            not (
-                TOLERATE_KNOWN_CORE_BUGS
-                and self.kill
-                and (self.patched is not False or self.armed)
-            )
-        )
-    )  # B2, B3: patch() under the kill switch with something to disable
     @rule()
     def patch(self) -> None:
         self._import_safe()
@@ -228,14 +216,6 @@ class Lifecycle(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ the check
 
-    def _forgiven(self, violation: str) -> bool:
-        """B1 only: a module imported while patched still holds our wrapper."""
-        return (
-            TOLERATE_KNOWN_CORE_BUGS
-            and violation.endswith(LATE_IMPORT_LEFT_WRAPPED)
-            and any(violation.startswith(module + ".") for module in self.late)
-        )
-
     def teardown(self) -> None:
         if not self.steps:
             return
@@ -246,7 +226,7 @@ class Lifecycle(RuleBasedStateMachine):
         for seen, predicted in zip(observations, self.predicted, strict=True):
             where = f"after step {seen['step']} ({seen['op']}) of:\n{listing}\n"
             assert "raised" not in seen, where + f"the step raised {seen['raised']}"
-            violations = [v for v in seen["violations"] if not self._forgiven(v)]
+            violations = seen["violations"]
             assert not violations, where + "\n".join(violations)
             if predicted is not None:
                 assert seen["patched"] == predicted, (
@@ -307,12 +287,6 @@ def _last(steps: list[dict[str, Any]]) -> dict[str, Any]:
     return _run_program(steps)[-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B1, core bug: a module imported after patch() binds our wrapper "
-    "itself (from .generate import generate); it is not in the rebind log, so "
-    "unpatch() leaves it wrapped",
-)
 def test_unpatch_restores_a_module_imported_after_the_patch() -> None:
     """patch(); import mlx_vlm.server; unpatch(): the server holds the originals."""
     if not CONTEXT.server_importable:
@@ -322,12 +296,6 @@ def test_unpatch_restores_a_module_imported_after_the_patch() -> None:
     assert seen["violations"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B2, core bug: patch() under the kill switch marks the state "
-    "'disabled' but leaves the wrappers in place; the next patch() forgets "
-    "them, so no unpatch() ever restores the originals",
-)
 def test_patch_under_the_kill_switch_leaves_no_wrapper_behind() -> None:
     """patch(); kill switch on; patch(); off; patch(); unpatch(): originals."""
     seen = _run_program(
@@ -344,11 +312,6 @@ def test_patch_under_the_kill_switch_leaves_no_wrapper_behind() -> None:
     assert [s["violations"] for s in seen] == [[]] * len(seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="B3, core bug: patch() under the kill switch returns 'disabled' but "
-    "leaves the import hook armed, so a later import mlx_vlm patches anyway",
-)
 def test_patch_under_the_kill_switch_disarms_the_pending_import_hook() -> None:
     """import mlx_vlm_safe; kill switch on; patch() -> disabled; import mlx_vlm."""
     seen = _last(
