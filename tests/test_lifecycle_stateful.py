@@ -103,8 +103,6 @@ class Lifecycle(RuleBasedStateMachine):
         self.safe = self.vlm = self.server = self.captured = False
         self.kill = self.armed = False
         self.patched: bool | None = False
-        # Modules first imported while (maybe) patched: see B1.
-        self.late: set[str] = set()
 
     # ------------------------------------------------------------ transitions
 
@@ -141,8 +139,6 @@ class Lifecycle(RuleBasedStateMachine):
     def import_server(self) -> None:
         self._import_vlm()
         self.server = True
-        if self.patched is not False:
-            self.late.add("mlx_vlm.server")
         self._add({"op": "import_server"})
 
     @precondition(lambda self: not self.captured)
