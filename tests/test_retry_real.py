@@ -15,6 +15,7 @@ import pytest
 
 import mlx_vlm_safe
 from mlx_vlm_safe._layout import locate
+from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import empty_stream, plant_fault
 
 from .conftest import Tiny
@@ -31,48 +32,63 @@ def _no_waits() -> Iterator[None]:
     mlx_vlm_safe.reset_config()
 
 
-def _tokens(result: Any) -> int:
-    if isinstance(result, tuple):
-        return int(result[1]["output_tokens"])
-    return int(result.generation_tokens)
+def _tokens() -> int:
+    """Tokens of the last call, as its stream counted them (any result shape)."""
+    outcome = mlx_vlm_safe.last_outcome()
+    assert outcome is not None
+    return outcome.generation_tokens
 
 
 @pytest.mark.parametrize(
     "transient", [MemoryError(), RuntimeError(METAL_OOM)], ids=["MemoryError", "malloc"]
 )
 def test_transient_error_recovers_on_attempt_two_with_a_smaller_budget(
-    tiny: Tiny, mlx_vlm: Any, transient: Exception
+    tiny: Tiny, mlx_vlm: Any, release: Release, transient: Exception
 ) -> None:
     """Attempt 1 fails during prefill; attempt 2 runs with max_tokens capped."""
     mlx_vlm_safe.configure(ladder=({"max_tokens": 4},))
     with plant_fault(transient, after_tokens=0, times=1) as fault:
         result = tiny.call(mlx_vlm.generate, max_tokens=8)
+    assert result is not None
     assert fault.calls == 2
-    assert _tokens(result) == 4
+    assert _tokens() == release.tokens_for(4)
     first, second = mlx_vlm_safe.last_attempts()
     assert first.error_type == type(transient).__name__
     assert second.error_type is None
     assert dict(second.changes) == {"max_tokens": 4}
-    assert second.tokens == 4
+    assert second.tokens == release.tokens_for(4)
 
 
-def test_ladder_never_raises_the_callers_budget(tiny: Tiny, mlx_vlm: Any) -> None:
+def test_ladder_never_raises_the_callers_budget(
+    tiny: Tiny, mlx_vlm: Any, release: Release
+) -> None:
     """max_tokens=3 stays 3 on every attempt; the default ladder is 512, 256."""
     with plant_fault(MemoryError(), after_tokens=0, times=2) as fault:
-        result = tiny.call(mlx_vlm.generate, max_tokens=3)
+        tiny.call(mlx_vlm.generate, max_tokens=3)
     assert fault.calls == 3
-    assert _tokens(result) == 3
+    assert _tokens() == release.tokens_for(3)
     assert all(
         dict(r.changes).get("max_tokens", 3) <= 3 for r in mlx_vlm_safe.last_attempts()
     )
 
 
-def test_real_bad_argument_fails_once(tiny: Tiny, mlx_vlm: Any) -> None:
-    """temperature='0.7' is deterministic: one attempt, the real TypeError."""
-    with pytest.raises(TypeError) as info:
-        tiny.call(mlx_vlm.generate, temperature="0.7")
-    assert len(mlx_vlm_safe.last_attempts()) == 1
-    assert info.value.mlx_vlm_safe_attempts == mlx_vlm_safe.last_attempts()  # type: ignore[attr-defined]
+def _bad_arguments(release: Release) -> list[dict[str, Any]]:
+    bad: list[dict[str, Any]] = [{"image": ["/nope/missing.png"]}]
+    if not release.has("kwargs_dropped"):  # 0.1.7-0.1.9 never see sampling args
+        bad.append({"temperature": "0.7"})
+    return bad
+
+
+def test_real_bad_argument_fails_once(
+    tiny: Tiny, mlx_vlm: Any, release: Release
+) -> None:
+    """A missing image, a str temperature: deterministic, so one attempt only."""
+    for kwargs in _bad_arguments(release):
+        with pytest.raises((TypeError, ValueError, OSError)) as info:
+            tiny.call(mlx_vlm.generate, **kwargs)
+        assert len(mlx_vlm_safe.last_attempts()) == 1
+        attached = info.value.mlx_vlm_safe_attempts  # type: ignore[attr-defined]
+        assert attached == mlx_vlm_safe.last_attempts()
 
 
 def test_persistent_memory_error_gives_up_with_the_original(
@@ -123,17 +139,19 @@ def test_retries_disabled_for_one_call(tiny: Tiny, mlx_vlm: Any) -> None:
         tiny.call(mlx_vlm.generate)
 
 
-def test_stream_failure_before_first_item_is_retried(tiny: Tiny, mlx_vlm: Any) -> None:
+def test_stream_failure_before_first_item_is_retried(
+    tiny: Tiny, exports: Any, release: Release
+) -> None:
     """stream_generate: a transient failure before any item is invisible."""
     with plant_fault(MemoryError(), after_tokens=0, times=1) as fault:
-        items = list(tiny.stream(mlx_vlm.stream_generate, max_tokens=8))
+        items = list(tiny.stream(exports.stream_generate, max_tokens=8))
     assert fault.calls == 2
     assert items
-    assert mlx_vlm_safe.last_outcome() == mlx_vlm_safe.Outcome("length", 8)
+    assert _tokens() == release.tokens_for(8)
 
 
 def test_stream_failure_after_first_item_propagates_without_duplicates(
-    tiny: Tiny, mlx_vlm: Any
+    tiny: Tiny, exports: Any
 ) -> None:
     """After an item was yielded nothing is retried: no text is ever repeated."""
     planted = MemoryError()
@@ -142,7 +160,7 @@ def test_stream_failure_after_first_item_propagates_without_duplicates(
         plant_fault(planted, after_tokens=2) as fault,
         pytest.raises(MemoryError) as info,
     ):
-        items.extend(tiny.stream(mlx_vlm.stream_generate, max_tokens=8))
+        items.extend(tiny.stream(exports.stream_generate, max_tokens=8))
     assert info.value is planted
     assert fault.calls == 1
     assert len(items) == 2
