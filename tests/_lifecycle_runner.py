@@ -290,9 +290,15 @@ def main() -> int:
     with open(sys.argv[1], encoding="utf-8") as handle:
         spec = json.load(handle)
     observations = list(_steps(Runner(spec), spec["steps"]))
-    print(json.dumps(observations))
+    print(json.dumps(observations), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Skip interpreter finalisation: after mlx ran on a worker thread, mlx
+    # aborts at exit in about half the runs ("terminate called without an
+    # active exception"), with or without mlx_vlm_safe (mlx-vlm 0.3.5 and
+    # 0.7.10, mlx 0.32.4). Everything this runner reports is printed by now.
+    sys.stderr.flush()
+    os._exit(code)
