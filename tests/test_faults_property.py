@@ -97,8 +97,14 @@ class Subject:
     detokenizer that cannot be deep-copied), which would hide the real result.
     """
 
-    def __init__(self, tiny: Any, mlx_vlm: Any) -> None:
+    def __init__(self, tiny: Any, mlx_vlm: Any, release: Any, exports: Any) -> None:
         self.tiny, self.mlx_vlm = tiny, mlx_vlm
+        self.release, self.exports = release, exports
+
+    def tokens_for(self, max_tokens: int) -> int:
+        """What a call asking for ``max_tokens`` really makes on this release."""
+        tokens: int = self.release.tokens_for(max_tokens)
+        return tokens
 
     def __repr__(self) -> str:
         return f"Subject(mlx-vlm {self.mlx_vlm.__version__}, tiny model)"
@@ -108,14 +114,14 @@ class Subject:
 
     def stream(self, max_tokens: int) -> Iterator[Any]:
         stream: Iterator[Any] = self.tiny.stream(
-            self.mlx_vlm.stream_generate, max_tokens=max_tokens
+            self.exports.stream_generate, max_tokens=max_tokens
         )
         return stream
 
 
 @pytest.fixture
-def subject(tiny: Any, mlx_vlm: Any) -> Subject:
-    return Subject(tiny, mlx_vlm)
+def subject(tiny: Any, mlx_vlm: Any, release: Any, exports: Any) -> Subject:
+    return Subject(tiny, mlx_vlm, release, exports)
 
 
 @pytest.fixture(autouse=True)
@@ -239,13 +245,14 @@ def test_generate_raises_the_planted_error_or_returns_everything(
     subject: Subject, plan: FaultPlan, max_tokens: int
 ) -> None:
     """generate(): the planted object, or all max_tokens tokens; never a cut answer."""
-    seen = _observe(plan, max_tokens, lambda _: subject.generate(max_tokens))
+    made = subject.tokens_for(max_tokens)
+    seen = _observe(plan, made, lambda _: subject.generate(max_tokens))
     _check_common(seen)
     if seen.caught is None:
         assert seen.result is not None
-        assert mlx_vlm_safe.last_outcome() == mlx_vlm_safe.Outcome("length", max_tokens)
+        assert mlx_vlm_safe.last_outcome() == mlx_vlm_safe.Outcome("length", made)
         assert seen.attempts[-1].error_type is None
-        assert seen.attempts[-1].tokens == max_tokens
+        assert seen.attempts[-1].tokens == made
     else:
         # Raised only after every attempt failed with the planted error.
         assert len(seen.attempts) == seen.record.calls == seen.record.fired
@@ -268,16 +275,17 @@ def test_stream_yields_only_what_was_made_then_raises(
     def run(items: list[Any]) -> None:
         items.extend(subject.stream(max_tokens))
 
-    seen = _observe(plan, max_tokens, run)
+    made = subject.tokens_for(max_tokens)
+    seen = _observe(plan, made, run)
     _check_common(seen)
     before = plan.tokens_before
     if seen.caught is None:
         assert seen.items, "a stream that ends without a fault yields its tokens"
-        assert mlx_vlm_safe.last_outcome() == mlx_vlm_safe.Outcome("length", max_tokens)
-        last = getattr(seen.items[-1], "generation_tokens", max_tokens)
-        assert last == max_tokens
+        assert mlx_vlm_safe.last_outcome() == mlx_vlm_safe.Outcome("length", made)
+        last = getattr(seen.items[-1], "generation_tokens", made)
+        assert last == made
     else:
-        assert len(seen.items) <= (max_tokens if before is None else before)
+        assert len(seen.items) <= (made if before is None else before)
         if seen.items:  # once text reached the consumer, nothing is retried
             assert seen.record.calls == 1
 
