@@ -103,9 +103,16 @@ class Runner:
             return self.captured, False
         if via == "server":
             return sys.modules["mlx_vlm.server"].generate, False
+        # Before 0.1.15 the package does not export stream_generate, and on
+        # 0.1.x importing the CLI module rebinds mlx_vlm.generate to a module.
+        home = sys.modules.get("mlx_vlm.utils")
         if via == "stream":
-            return mlx_vlm.stream_generate, True
-        return mlx_vlm.generate, False
+            stream = getattr(mlx_vlm, "stream_generate", None)
+            return stream or home.stream_generate, True  # type: ignore[union-attr]
+        function = mlx_vlm.generate
+        if not callable(function) or isinstance(function, type(sys)):
+            function = home.generate  # type: ignore[union-attr]
+        return function, False
 
     def call(self, via: str, fault: str) -> dict[str, Any]:
         """One real generation; what the caller got, without judging it."""
@@ -130,7 +137,8 @@ class Runner:
             outcome["items"] = len(items)
             return outcome
         outcome["items"] = len(items)
-        outcome["none"] = result is None
+        # None from generate() is the defect; a stream may end with no item.
+        outcome["none"] = result is None and not is_stream
         outcome["tokens"] = _tokens(result)
         outcome["text"] = _text(result)
         return outcome
