@@ -64,7 +64,7 @@ STACK = (
 #: Python 3.12 for 0.1.26-0.2.0: their ``mlx_vlm.server`` uses
 #: ``typing.TypedDict``, which pydantic 2.14 rejects on Python < 3.12, so the
 #: server cannot even be imported on 3.11 (the import-order and server tests
-#: need it).
+#: need it: ``nox -s "tests(0.1.27)" -- -m subprocess``).
 PY312_SERVER = "3.12"
 PYTHON = "3.11"
 
