@@ -289,11 +289,28 @@ def _context(tmp_path_factory: pytest.TempPathFactory, tiny: Any) -> None:
     CONTEXT.server_importable = probe.returncode == 0
 
 
-# --------------------------------------------------- the bugs the machine found
+# ----------------------- fixed programs: every call kind, the bugs it found
 
 
 def _last(steps: list[dict[str, Any]]) -> dict[str, Any]:
     return _run_program(steps)[-1]
+
+
+def test_every_kind_of_call_while_patched() -> None:
+    """Each reference x each fault once, in one program: the checks every run."""
+    server = CONTEXT.server_importable
+    vias = [v for v in VIAS if server or v != "server"]
+    steps: list[dict[str, Any]] = [{"op": "capture"}]
+    steps += [{"op": "import_server"}] if server else []
+    steps += [{"op": "import_safe"}]
+    steps += [{"op": "call", "via": v, "fault": f} for v in vias for f in FAULTS]
+    steps += [{"op": "thread_call", "fault": f} for f in ("none", "error0")]
+    calls = [(s, c) for s in _run_program(steps) for c in s["calls"]]
+    assert len(calls) == len(vias) * len(FAULTS) + 2
+    for step, outcome in calls:
+        assert step["patched"] is True, step
+        assert not step["violations"], step
+        _check_call(outcome, True, f"{step['op']}: ")
 
 
 def test_unpatch_restores_a_module_imported_after_the_patch() -> None:
