@@ -6,16 +6,17 @@ exceptions, tracebacks (and with them every frame's arrays), attempt records
 and per-call state. A leak of any of those grows linearly with the number of
 calls; so the test samples the Python heap (``tracemalloc``, after a
 ``gc.collect()``) and mlx's active memory every ``SAMPLE_EVERY`` calls and
-compares the mean of the second half of the samples with the first half.
+measures the steady growth over the window (the median step between samples,
+times the number of steps; see ``_growth``).
 
 The bounds are far below what one leaked object per call would add over the
-~500 calls between the halves (an exception with its traceback: kilobytes;
-an attempt record: ~200 bytes; the arrays of one prefill: tens of kilobytes)
-and far above the noise measured here (heap: 3-10 kB between the halves once
-upstream caches are warm; mlx: 0). The slopes are
-printed (``pytest -s``), with no timing in any assertion. Retry warnings are
-counted and dropped by a logger filter: pytest's log capture keeps every
-record (~1.3 kB per call here), which would look like a leak of ours.
+1,000 calls (an exception with its traceback: kilobytes; an attempt record:
+~200 bytes; the arrays of one prefill: tens of kilobytes) and far above the
+noise measured here (heap: 5-10 kB once upstream caches are warm; mlx: 0).
+The slopes are printed (``pytest -s``), with no timing in any assertion.
+Retry warnings are counted and dropped by a logger filter: pytest's log
+capture keeps every record (~1.3 kB per call here), which would look like a
+leak of ours.
 """
 
 from __future__ import annotations
