@@ -9,14 +9,15 @@ and how many tokens an attempt produced.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ._ladder import CallSpec
 from ._layout import LADDER_KEYWORDS, Located
-from ._results import LAST_OUTCOME, TOKENS
-from ._retry import call_with_retry, stream_with_retry
+from ._retry import call_runner, stream_with_retry
+from ._state import STATE
 from ._wrappers import Behaviour
 
 CallRunner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
@@ -25,16 +26,20 @@ StreamRunner = Callable[
 ]
 
 
+_call_state = STATE.get
+
+
 def _empty_generation(result: object) -> bool:
     """An attempt that produced nothing and raised nothing."""
     if result is None:
         return True
-    outcome = LAST_OUTCOME.get()
-    return outcome is not None and outcome.finish_reason == "empty"
+    end = _call_state().end
+    return end is not None and end[1]
 
 
 def _tokens() -> int:
-    return TOKENS.get()
+    end = _call_state().end
+    return 0 if end is None else end[0]
 
 
 def _positions(function: Callable[..., Any] | None) -> dict[str, int]:
@@ -68,16 +73,5 @@ def runners(located: Located, behaviour: Behaviour) -> tuple[CallRunner, StreamR
         positions=_positions(located.stream_generate),
     )
 
-    def call(
-        fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> Any:
-        return call_with_retry(fn, args, kwargs, spec=generate_spec)
-
-    def stream(
-        fn: Callable[..., Iterator[Any]],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-    ) -> Iterator[Any]:
-        return stream_with_retry(fn, args, kwargs, spec=stream_spec)
-
-    return call, stream
+    stream: StreamRunner = functools.partial(stream_with_retry, spec=stream_spec)
+    return call_runner(generate_spec), stream

@@ -75,10 +75,13 @@ class Overrides:
 
 def tokens_of(spec: CallSpec) -> int | None:
     """Tokens the last attempt produced, if the spec can tell."""
-    if spec.progress is None:
-        return None
+    return None if spec.progress is None else tokens_read(spec.progress)
+
+
+def tokens_read(progress: Callable[[], int | None]) -> int | None:
+    """Call a progress reader; a broken one reads as "unknown"."""
     try:
-        return spec.progress()
+        return progress()
     except Exception:  # bookkeeping must not fail the call
         return None
 
@@ -90,10 +93,15 @@ def is_empty(predicate: Callable[[Any], bool] | None, result: object) -> bool:
     try:
         return bool(predicate(result))
     except Exception:  # a broken predicate must not fail the call
-        logging.getLogger("mlx_vlm_safe.retry").warning(
-            "is_empty predicate raised; result kept", exc_info=True
-        )
-        return False
+        return predicate_failed()
+
+
+def predicate_failed() -> bool:
+    """Log the emptiness predicate's exception being handled; read "not empty"."""
+    logging.getLogger("mlx_vlm_safe.retry").warning(
+        "is_empty predicate raised; result kept", exc_info=True
+    )
+    return False
 
 
 def resolve(policy: RetryPolicy | Overrides | None) -> RetryPolicy:

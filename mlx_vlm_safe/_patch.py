@@ -25,13 +25,17 @@ import importlib
 import logging
 import sys
 import threading
-from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
 from . import _activate, _env, _hook
 from ._layout import Located, locate
-from ._probe import Probe, probe_empty_stream, probe_result_shape, probe_wired_limit
+from ._probe import (
+    Probe,
+    probe_empty_stream,
+    probe_forwards_max_tokens,
+    probe_result_shape,
+    probe_wired_limit,
+)
 from ._report import Fix, Report, Status
 from ._results import build_result
 from ._wrappers import Behaviour, safe_wired_limit, wrap_generate, wrap_stream_generate
@@ -147,7 +151,7 @@ def on_import(module: ModuleType) -> None:
 
 def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
     empty_probe = Probe("empty_stream", "inconclusive", "no generate")
-    shape, stats = "str", None
+    shape, stats, streams, forwards = "str", None, False, False
     if located.generate is not None:
         empty_probe = probe_empty_stream(located.generate)
         item = (
@@ -155,7 +159,8 @@ def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
             if located.result_class is not None
             else "x"
         )
-        shape_probe, value = probe_result_shape(located.generate, item)
+        shape_probe, value, streams = probe_result_shape(located.generate, item)
+        forwards = streams and probe_forwards_max_tokens(located.generate, item)
         probes += [empty_probe, shape_probe]
         shape = shape_probe.outcome
         if shape == "tuple" and isinstance(value, tuple) and len(value) == 2:
@@ -175,6 +180,8 @@ def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
         stats=stats,
         empty_item=empty_item,
         default_max_tokens=located.defaults.get("max_tokens"),
+        streams=streams and located.stream_generate is not None,
+        forwards_max_tokens=forwards and located.stream_generate is not None,
     )
 
 
@@ -190,7 +197,11 @@ def _plan(located: Located, behaviour: Behaviour, wired: Probe) -> None:
             safe_wired_limit(located.wired_limit),
             fix,
         )
-    retry_call, retry_stream = _retry_runners(located, behaviour)
+    # Imported here, not at module level: it brings in wrapt, and this module
+    # is imported by mlx_vlm_safe.patch()'s callers before mlx_vlm may be.
+    from ._integration import runners
+
+    retry_call, retry_stream = runners(located, behaviour)
     if located.stream_generate is not None:
         fix = "never_empty_stream" if behaviour.never_empty else "observed_stream"
         stream = wrap_stream_generate(located.stream_generate, behaviour, retry_stream)
@@ -198,17 +209,6 @@ def _plan(located: Located, behaviour: Behaviour, wired: Probe) -> None:
     if located.generate is not None:
         generate = wrap_generate(located.generate, behaviour, retry_call)
         plan[id(located.generate)] = (located.generate, generate, "none_safe_generate")
-
-
-def _retry_runners(
-    located: Located, behaviour: Behaviour
-) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
-    """The retry policy's runners for generate() and stream_generate()."""
-    try:
-        from ._integration import runners
-    except ImportError:  # retry layer not built yet
-        return None, None
-    return runners(located, behaviour)
 
 
 _REASONS = {

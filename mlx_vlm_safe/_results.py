@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import typing
 from collections.abc import Mapping
-from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal, TypeAlias
+
+from ._state import current_end
 
 FinishReason = Literal["stop", "length", "empty"]
 
@@ -38,23 +38,26 @@ class Outcome:
     generation_tokens: int
 
 
-LAST_OUTCOME: ContextVar[Outcome | None] = ContextVar(
-    "mlx_vlm_safe_last_outcome", default=None
-)
+#: The ``finish_reason`` of a stream that raised or was closed before its end.
+INCOMPLETE: Any = object()
 
-
-#: Tokens the last stream attempt in this context produced, error or not; the
-#: retry layer records it per attempt.
-TOKENS: ContextVar[int] = ContextVar("mlx_vlm_safe_tokens", default=0)
+#: How a patched stream ended, as raw facts: ``(tokens, empty, finish_reason,
+#: max_tokens)``. ``finish_reason`` is the last item's own (0.6+), ``None``, or
+#: :data:`INCOMPLETE`; ``empty`` says it generated nothing and raised nothing.
+#: A plain tuple, because it is made on every call and an :class:`Outcome`
+#: (a frozen dataclass) costs more to build than all the rest of the
+#: bookkeeping; ``last_outcome()`` builds one from it when asked.
+StreamEnd: TypeAlias = tuple[int, bool, object, object]
 
 
 def last_outcome() -> Outcome | None:
     """The :class:`Outcome` of the last patched generation in this thread/task.
 
     Result types stay the release's own (a ``str`` cannot carry a finish
-    reason), so the reason is kept next to the call instead.
+    reason), so the reason is kept next to the call instead. ``None`` before
+    any call, and after a generation that raised or was closed early.
     """
-    return LAST_OUTCOME.get()
+    return outcome_of(current_end())
 
 
 def _zero(field: dataclasses.Field[object]) -> object:
@@ -112,22 +115,27 @@ def empty_result(
     return ""
 
 
-def finish_reason_of(last: object, items: int, max_tokens: object) -> Outcome:
-    """Derive an :class:`Outcome` from the final stream item.
+def text_end(text: object) -> StreamEnd:
+    """The :data:`StreamEnd` of a ``generate()`` that drove no stream."""
+    return (0, not text, "stop" if text else None, None)
+
+
+def outcome_of(end: StreamEnd | None) -> Outcome | None:
+    """Derive an :class:`Outcome` from how a stream ended.
 
     0.6+ items carry ``finish_reason``; before that we compare the release's
     own token count with ``max_tokens`` (a stop token that is exactly the last
     allowed one reads as ``"length"``: the two cannot be told apart there).
     """
-    if items == 0:
+    if end is None:
+        return None
+    tokens, empty, reason, max_tokens = end
+    if empty:
         return Outcome("empty", 0)
-    tokens = getattr(last, "generation_tokens", None)
-    count = tokens if isinstance(tokens, int) else items
-    reason = getattr(last, "finish_reason", None)
-    if count == 0 and max_tokens != 0:
-        return Outcome("empty", 0)
-    if reason in ("stop", "length"):
-        return Outcome(typing.cast(FinishReason, reason), count)
-    if isinstance(max_tokens, int) and count >= max_tokens:
-        return Outcome("length", count)
-    return Outcome("stop", count)
+    if reason is INCOMPLETE:
+        return None
+    if reason == "stop" or reason == "length":  # noqa: PLR1714 - str only
+        return Outcome(reason, tokens)
+    if isinstance(max_tokens, int) and tokens >= max_tokens:
+        return Outcome("length", tokens)
+    return Outcome("stop", tokens)

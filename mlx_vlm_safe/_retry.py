@@ -8,8 +8,9 @@ from a signature. Rules, each answering a known complaint about retry wrappers:
   ``GeneratorExit`` pass through untouched, during attempts and waits alike.
 * The caller gets its own exception object back (``except ValueError:`` keeps
   working) carrying the history; never a wrapper type, never ``None``.
-* The happy path is one ``ContextVar`` read, one set, two clock reads and the
-  call; everything else lives in ``_loop`` and runs only after a failure.
+* The happy path (``call_runner``) is one ``ContextVar`` read, one set, two
+  clock reads and the call; everything else lives in ``_loop`` and runs only
+  after a failure.
 * Nested loops collapse: while a loop runs an attempt, retry-managed calls
   inside it run once (retries at several layers multiply attempts).
 """
@@ -29,9 +30,9 @@ from ._loop import (
     Overrides,
     RetryLoop,
     Runtime,
-    is_empty,
+    predicate_failed,
     settled_at_once,
-    tokens_of,
+    tokens_read,
 )
 from ._policy import RetryPolicy
 from ._records import AttemptRecord, RetryDetails, RetryHook
@@ -44,6 +45,7 @@ __all__ = [
     "RetryDetails",
     "RetryHook",
     "Runtime",
+    "call_runner",
     "call_with_retry",
     "ladder_changes",
     "last_attempts",
@@ -55,6 +57,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 _get_state, _set_state = STATE.get, STATE.set
+
+
+Runner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
 
 
 def call_with_retry(
@@ -70,48 +75,77 @@ def call_with_retry(
 
     ``policy=None`` means the process-wide default, read at failure time so
     ``configure()`` applies to calls already wrapped. Attempt 1 receives the
-    very ``args`` and ``kwargs`` objects given.
+    very ``args`` and ``kwargs`` objects given. Code that calls the same
+    target often should build the runner once with :func:`call_runner`.
     """
-    if _get_state().active:  # inside another loop's attempt, or disabled
-        return fn(*args, **kwargs)
-    rt = runtime or DEFAULT_RUNTIME
+    run = call_runner(spec, policy=policy, runtime=runtime)
+    return run(fn, args, kwargs)  # type: ignore[no-any-return]
+
+
+def call_runner(
+    spec: CallSpec,
+    *,
+    policy: PolicyLike = None,
+    runtime: Runtime | None = None,
+) -> Runner:
+    """``call_with_retry`` with ``spec``, ``policy`` and ``runtime`` bound once.
+
+    ``run(fn, args, kwargs)`` is the happy path every retry-managed call pays:
+    one ``ContextVar`` read and set, two clock reads, the call, and the spec's
+    emptiness and progress readers, with every name bound in the closure and
+    no helper frames. Everything else is in ``_loop``, built only after a
+    failure. ``@retry`` and the patched ``generate()`` both run on it.
+    """
+    rt = DEFAULT_RUNTIME if runtime is None else runtime
     clock = rt.clock
-    state = CallState()
-    state.active = True
-    _set_state(state)
-    state.started = clock()
-    try:
-        result = fn(*args, **kwargs)
-    except Exception as exc:
-        if settled_at_once(exc, policy, state, clock):
+    predicate, progress = spec.is_empty, spec.progress
+    get_state, set_state, new = _get_state, _set_state, CallState
+
+    def run(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        if get_state().active:  # inside another loop's attempt, or disabled
+            return fn(*args, **kwargs)
+        state = new()
+        state.active, state.end = True, None
+        set_state(state)
+        state.started = clock()
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            if settled_at_once(exc, policy, state, clock):
+                raise
+            outcome: Any = exc
+            failed = True
+        except BaseException as exc:
+            interrupted(state, exc, clock)
             raise
-        outcome: Any = exc
-        failed = True
-    except BaseException as exc:
-        interrupted(state, exc, clock)
-        raise
-    else:
+        else:
+            state.ended = clock()
+            try:
+                empty = predicate is not None and predicate(result)
+            except Exception:  # a broken predicate must not fail the call
+                empty = predicate_failed()
+            if not empty:
+                if progress is not None:
+                    state.tokens = tokens_read(progress)
+                state.active = False
+                return result
+            outcome, failed = result, False
         state.ended = clock()
-        if not is_empty(spec.is_empty, result):
-            if spec.progress is not None:
-                state.tokens = tokens_of(spec)
-            state.active = False
-            return result
-        outcome, failed = result, False
-    state.ended = clock()
-    # Outside the except block on purpose: a later attempt's exception must not
-    # chain to this one, which must be freeable before the next attempt.
-    loop = RetryLoop(
-        _caller(fn),
-        args,
-        kwargs,
-        spec=spec,
-        empty=spec.is_empty,
-        policy=policy,
-        state=state,
-        rt=rt,
-    )
-    return loop.run(outcome, failed)  # type: ignore[no-any-return]
+        # Outside the except block on purpose: a later attempt's exception must
+        # not chain to this one, which must be freeable before the next attempt.
+        loop = RetryLoop(
+            _caller(fn),
+            args,
+            kwargs,
+            spec=spec,
+            empty=predicate,
+            policy=policy,
+            state=state,
+            rt=rt,
+        )
+        return loop.run(outcome, failed)
+
+    return run
 
 
 def _caller(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
@@ -170,14 +204,14 @@ class _Retrying(_FunctionWrapper):
     through wrapt's binding, which passes the instance.
     """
 
-    _self_retry: _Wrapper
+    _self_run: Runner
 
-    def __init__(self, target: Any, wrapper: _Wrapper) -> None:
+    def __init__(self, target: Any, wrapper: _Wrapper, run: Runner) -> None:
         super().__init__(target, wrapper)
-        self._self_retry = wrapper
+        self._self_run = run
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        return self._self_retry(self.__wrapped__, None, args, kwargs)
+        return self._self_run(self.__wrapped__, args, kwargs)
 
 
 def _wrap(target: Any, policy: PolicyLike) -> Any:
@@ -201,42 +235,13 @@ def _wrap(target: Any, policy: PolicyLike) -> Any:
 
         return wrapt.FunctionWrapper(target, stream_wrapper)
 
-    get_state, set_state, new, clock = _get_state, _set_state, CallState, rt.clock
+    run_plain = call_runner(plain, policy=policy, runtime=rt)
+    run_bound = (
+        run_plain if bound is plain else call_runner(bound, policy=policy, runtime=rt)
+    )
 
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        # The happy path of ``call_with_retry``, inlined and with every name
-        # bound locally: this is the per-call cost users pay.
-        if get_state().active:
-            return wrapped(*args, **kwargs)
-        state = new()
-        state.active = True
-        set_state(state)
-        state.started = clock()
-        try:
-            result = wrapped(*args, **kwargs)
-        except Exception as exc:
-            if settled_at_once(exc, policy, state, clock):
-                raise
-            outcome: Any = exc
-        except BaseException as exc:
-            interrupted(state, exc, clock)
-            raise
-        else:
-            state.ended = clock()
-            state.active = False
-            return result
-        state.ended = clock()
-        spec = plain if instance is None else bound
-        loop = RetryLoop(
-            _caller(wrapped),
-            args,
-            kwargs,
-            spec=spec,
-            empty=None,
-            policy=policy,
-            state=state,
-            rt=rt,
-        )
-        return loop.run(outcome, failed=True)
+        run = run_plain if instance is None else run_bound
+        return run(wrapped, args, kwargs)
 
-    return _Retrying(target, wrapper)
+    return _Retrying(target, wrapper, run_plain)

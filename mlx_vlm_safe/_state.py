@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from typing import Any
 
 from ._records import NO_CHANGES, AttemptRecord
 
@@ -22,28 +23,33 @@ class CallState:
     One mutable object per call, set once in a ``ContextVar``: while ``active``
     a retry loop owns the call stack, so an inner retry-managed call just calls
     through (nested loops would multiply attempts). Afterwards it holds the
-    attempt records. Mutating the object instead of setting the variable twice
-    keeps the happy path to one ``ContextVar.set``; that path stores only its
-    clock readings, leaves ``records`` and ``tokens`` unset, and the records
-    are built on demand by ``last_attempts()``.
+    attempt records. Mutating the object instead of setting the variable again
+    keeps the happy path to one ``ContextVar.set`` (the costliest step of it);
+    that path stores only its clock readings, leaves ``records`` and ``tokens``
+    unset, and the records are built on demand by ``last_attempts()``.
+
+    ``end`` is how the last generation stream inside the call ended (see
+    ``_results.StreamEnd``): the stream writes it here, on the call's own
+    object, instead of setting a variable of its own.
     """
 
-    __slots__ = ("active", "ended", "records", "started", "tokens")
+    __slots__ = ("active", "end", "ended", "records", "started", "tokens")
     active: bool
     started: float
     ended: float
     tokens: int | None
     records: tuple[AttemptRecord, ...] | None
+    end: tuple[Any, ...] | None
 
 
 def _fixed_state(active: bool) -> CallState:
     state = CallState()
-    state.active, state.records = active, ()
+    state.active, state.records, state.end = active, (), None
     return state
 
 
+#: The default: no call yet in this context. Shared, so never mutated.
 IDLE = _fixed_state(active=False)
-DISABLED = _fixed_state(active=True)  # "active": calls inside just call through
 STATE: ContextVar[CallState] = ContextVar("mlx_vlm_safe_call", default=IDLE)
 
 
@@ -52,21 +58,47 @@ def retries_disabled() -> Iterator[None]:
     """Within this block, retry-managed calls run once, plainly, with no records.
 
     Based on a ``ContextVar``, so it affects only the current thread or
-    asyncio task.
+    asyncio task. How the last generation in the block ended is still
+    reported afterwards (``last_outcome()``).
     """
-    token = STATE.set(DISABLED)
+    block = _fixed_state(active=True)  # "active": calls inside call through
+    token = STATE.set(block)
     try:
         yield
     finally:
         STATE.reset(token)
+        if block.end is not None:
+            record_end(block.end)
 
 
 def new_state() -> CallState:
     """Mark this context as running an attempt; one ``ContextVar.set``."""
     state = CallState()
-    state.active = True
+    state.active, state.end = True, None
     STATE.set(state)
     return state
+
+
+def record_end(end: tuple[Any, ...]) -> None:
+    """Record how a stream ended on this context's current call state.
+
+    The per-call state is this context's own object (one per call, per
+    ``retries_disabled()`` block), so it is written in place: no second
+    ``ContextVar.set`` on the hot path. Only the shared ``IDLE`` default is
+    replaced, by a fresh state.
+    """
+    state = STATE.get()
+    if state is not IDLE:
+        state.end = end
+        return
+    fresh = _fixed_state(active=False)
+    fresh.end = end
+    STATE.set(fresh)
+
+
+def current_end() -> tuple[Any, ...] | None:
+    """How the last stream in this context ended, if one did."""
+    return STATE.get().end
 
 
 def interrupted(

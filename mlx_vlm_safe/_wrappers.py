@@ -28,7 +28,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._results import LAST_OUTCOME, TOKENS, Outcome, empty_result, finish_reason_of
+from ._results import INCOMPLETE, empty_result, text_end
+from ._state import IDLE, STATE, record_end
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +44,11 @@ class Behaviour:
     stats: Mapping[str, object] | None
     empty_item: object
     default_max_tokens: object
+    #: ``generate()`` drives ``stream_generate`` (all but 0.1.0-0.1.6).
+    streams: bool = True
+    #: ... and passes it the caller's ``max_tokens``, which the stream wrapper
+    #: checks (all streaming releases so far).
+    forwards_max_tokens: bool = False
     name: str = "mlx_vlm.generate"
 
     def empty(self) -> object:
@@ -89,6 +95,8 @@ def check_max_tokens(kwargs: Mapping[str, object]) -> None:
     mlx-vlm stops when the token counter *equals* ``max_tokens``; a string
     (``"512"`` straight from a JSON body) or a negative number never does, and
     the call runs until memory runs out. That is bad input: say so at once.
+    The wrappers call it only when their inline check (a non-negative ``int``,
+    or nothing) did not already pass the value.
     """
     value = kwargs.get("max_tokens")
     if value is None:
@@ -99,23 +107,48 @@ def check_max_tokens(kwargs: Mapping[str, object]) -> None:
         raise ValueError(f"max_tokens must be >= 0, got {value!r}")
 
 
-def _observed(stream: Iterator[object], max_tokens: object) -> Iterator[object]:
-    """Pass items through; record how many tokens came and why the stream ended."""
+_NO_ITEM: Any = object()  # "no never-empty guard" for ``_observed``
+_call_state = STATE.get
+
+
+def _observed(
+    stream: Iterator[object], max_tokens: object, empty_item: object = _NO_ITEM
+) -> Iterator[object]:
+    """Pass items through; record how the stream ended in ``LAST_END``.
+
+    With ``empty_item`` it is also the never-empty guard: a stream that ends
+    without an item yields ``empty_item`` once. One generator for both keeps
+    the common path to a single extra layer, and its bookkeeping is one plain
+    tuple and one ``ContextVar.set`` per stream, inline: this runs on every
+    call (see ``_results.StreamEnd``).
+    """
     items = 0
     last: object = None
-    LAST_OUTCOME.set(None)
+    reason: object = INCOMPLETE  # until the stream is exhausted
     try:
         for item in stream:
             items += 1
             last = item
             yield item
+        reason = getattr(last, "finish_reason", None)
     finally:
         tokens = getattr(last, "generation_tokens", items)
-        TOKENS.set(tokens if isinstance(tokens, int) else items)
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
-    LAST_OUTCOME.set(finish_reason_of(last, items, max_tokens))
+        if tokens.__class__ is not int:
+            tokens = items
+        empty = reason is not INCOMPLETE and (
+            items == 0 or (tokens == 0 and max_tokens != 0)
+        )
+        state = _call_state()
+        if state is not IDLE:  # the call's own object: no ContextVar.set
+            state.end = (tokens, empty, reason, max_tokens)
+        else:
+            record_end((tokens, empty, reason, max_tokens))
+        if reason is INCOMPLETE:  # raised or closed early: close what we started
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+    if items == 0 and empty_item is not _NO_ITEM:
+        yield empty_item
 
 
 def _never_empty(stream: Iterator[object], empty_item: object) -> Iterator[object]:
@@ -140,25 +173,32 @@ def wrap_stream_generate(
 ) -> Callable[..., Iterator[object]]:
     """Wrap ``stream_generate``: observe, retry before the first item, never empty.
 
-    The layers, outermost first: the never-empty guard (only where the
-    release's ``generate()`` needs it), the retry policy (which must still see
-    an empty stream as empty, so it sits inside the guard), the observer.
+    Called directly, the layers are, outermost first: the never-empty guard
+    (only where the release's ``generate()`` needs it), the retry policy
+    (which must still see an empty stream as empty, so it sits inside the
+    guard), the observer. Called while a retry attempt is running (the usual
+    case: from inside the patched ``generate()``, whose own loop owns the
+    retries) or inside ``retries_disabled()``, a retry layer would only call
+    through, so the observer alone runs, doubling as the guard.
     """
     default_max_tokens = behaviour.default_max_tokens
+    empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
+    call_state = STATE.get
 
     def observed(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
         return _observed(original(*args, **kwargs), max_tokens)
 
     def stream_generate(*args: object, **kwargs: object) -> Iterator[object]:
-        check_max_tokens(kwargs)
-        if retrying is None:
-            stream = observed(*args, **kwargs)
-        else:
-            stream = retrying(observed, args, kwargs)
-        if behaviour.never_empty:
-            return _never_empty(stream, behaviour.empty_item)
-        return stream
+        max_tokens = kwargs.get("max_tokens", default_max_tokens)
+        if max_tokens.__class__ is not int or max_tokens < 0:
+            check_max_tokens(kwargs)
+        if retrying is None or call_state().active:
+            return _observed(original(*args, **kwargs), max_tokens, empty_item)
+        stream = retrying(observed, args, kwargs)
+        if empty_item is _NO_ITEM:
+            return stream
+        return _never_empty(stream, empty_item)
 
     return _mark(stream_generate, original)
 
@@ -174,22 +214,39 @@ def wrap_generate(
     behaviour: Behaviour,
     retrying: Callable[..., object] | None = None,
 ) -> Callable[..., object]:
-    """Wrap ``generate``: never ``None``; retries through ``retrying``."""
+    """Wrap ``generate``: never ``None``; retries through ``retrying``.
+
+    The outcome comes from the stream the release's ``generate()`` drives
+    (``LAST_END``); where it may not drive one (0.1.0-0.1.6 call
+    ``generate_step`` themselves) it is cleared first and, if no stream
+    reported, judged by the text.
+    """
     call = retrying
+    streams, checked_downstream = behaviour.streams, behaviour.forwards_max_tokens
 
     def generate(*args: object, **kwargs: object) -> object:
-        check_max_tokens(kwargs)
-        LAST_OUTCOME.set(None)
+        if not checked_downstream:
+            check_max_tokens(kwargs)
+        before = _call_state()
+        end_before = before.end
         if call is None:
             result = original(*args, **kwargs)
         else:
             result = call(original, args, kwargs)
         if result is None:
             result = behaviour.empty()
-        if LAST_OUTCOME.get() is None:
-            # No stream told us (0.1.0-0.1.6 drive generate_step themselves,
-            # or an upstream early return): judge by the text.
-            LAST_OUTCOME.set(Outcome("stop" if _text_of(result) else "empty", 0))
+        state = _call_state()
+        end = state.end
+        if (
+            not streams
+            or end is None
+            or (state is before and end is end_before)
+            or end[2] is INCOMPLETE
+        ):
+            # No stream told us how it ended (0.1.0-0.1.6 drive generate_step
+            # themselves; or upstream closed it early and returned anyway):
+            # judge by the text.
+            record_end(text_end(_text_of(result)))
         return result
 
     return _mark(generate, original)

@@ -26,7 +26,7 @@ from mlx_vlm_safe._policy import (
     set_testing,
     testing_override,
 )
-from mlx_vlm_safe._state import DISABLED, STATE
+from mlx_vlm_safe._state import STATE
 
 
 @pytest.fixture(autouse=True)
@@ -315,11 +315,13 @@ def test_set_testing_validates(kwargs: dict[str, object]) -> None:
 def test_retries_disabled_sets_and_restores_the_state() -> None:
     before = STATE.get()
     with retries_disabled():
-        assert STATE.get() is DISABLED
-        assert STATE.get().active
+        block = STATE.get()
+        assert block is not before
+        assert block.active
         with retries_disabled():
-            assert STATE.get() is DISABLED
-        assert STATE.get() is DISABLED
+            assert STATE.get().active
+            assert STATE.get() is not block
+        assert STATE.get() is block
     assert STATE.get() is before
     with pytest.raises(ZeroDivisionError), retries_disabled():
         raise ZeroDivisionError

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections.abc import Iterator
 from typing import Optional
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_vlm_safe._results import Outcome, build_result, empty_result, finish_reason_of
+from mlx_vlm_safe._results import (
+    Outcome,
+    build_result,
+    empty_result,
+    last_outcome,
+    outcome_of,
+)
+from mlx_vlm_safe._state import current_end, retries_disabled
+from mlx_vlm_safe._wrappers import _observed
 
 
 @dataclasses.dataclass
@@ -56,11 +66,19 @@ def test_empty_of_each_shape() -> None:
     assert result.text == ""
 
 
+def ended(items: list[object], max_tokens: object) -> Outcome | None:
+    """Run items through the stream observer, as the patch does; read the outcome."""
+    with retries_disabled():  # a fresh per-block state: nothing leaks out of it
+        assert list(_observed(iter(items), max_tokens)) == items
+        return outcome_of(current_end())
+
+
 @given(items=st.integers(1, 50), max_tokens=st.integers(1, 50))
 def test_finish_reason_from_counts(items: int, max_tokens: int) -> None:
     """Before 0.6: 'length' exactly when the count reached max_tokens."""
-    last = New(text="t", generation_tokens=items)
-    outcome = finish_reason_of(last, items, max_tokens)
+    stream = [New(text="t", generation_tokens=n) for n in range(1, items + 1)]
+    outcome = ended(stream, max_tokens)
+    assert outcome is not None
     assert outcome.generation_tokens == items
     assert outcome.finish_reason == ("length" if items >= max_tokens else "stop")
 
@@ -69,12 +87,52 @@ def test_finish_reason_from_counts(items: int, max_tokens: int) -> None:
 def test_finish_reason_from_the_release(reason: str) -> None:
     """0.6+: the release's own finish_reason wins."""
     last = New(text="t", generation_tokens=3, finish_reason=reason)
-    assert finish_reason_of(last, 4, 100) == Outcome(reason, 3)  # type: ignore[arg-type]
+    assert ended([New(), last], 100) == Outcome(reason, 3)  # type: ignore[arg-type]
 
 
 def test_nothing_generated_is_empty() -> None:
     """No items, or a zero-token item, is 'empty' (unless 0 tokens were asked)."""
-    assert finish_reason_of(None, 0, 8) == Outcome("empty", 0)
+    assert ended([], 8) == Outcome("empty", 0)
     zero = New(generation_tokens=0, finish_reason="length")
-    assert finish_reason_of(zero, 1, 8) == Outcome("empty", 0)
-    assert finish_reason_of(zero, 1, 0) == Outcome("length", 0)
+    assert ended([zero], 8) == Outcome("empty", 0)
+    assert ended([zero], 0) == Outcome("length", 0)
+
+
+def test_items_without_counts_are_counted() -> None:
+    """str items (0.1.x) carry no count: the number of items is the count."""
+    assert ended(["a", "b", "c"], 3) == Outcome("length", 3)
+    assert ended(["a", "b"], 3) == Outcome("stop", 2)
+
+
+def test_a_stream_that_raises_has_no_outcome() -> None:
+    """An error mid-stream leaves no outcome: partial output is not an answer."""
+
+    def failing() -> Iterator[object]:
+        yield New(text="t", generation_tokens=1)
+        raise RuntimeError("boom")
+
+    with retries_disabled():
+        with pytest.raises(RuntimeError, match="boom"):
+            list(_observed(failing(), 8))
+        assert outcome_of(current_end()) is None
+        assert current_end() is not None  # the tokens it made are still known
+
+
+def test_the_guard_yields_one_empty_item() -> None:
+    """With an empty item, an empty stream yields it once; a full one does not."""
+    marker = New(text="")
+    assert list(_observed(iter([]), 8, marker)) == [marker]
+    assert list(_observed(iter(["x"]), 8, marker)) == ["x"]
+
+
+def test_outcome_survives_a_disabled_block_and_stays_in_its_thread() -> None:
+    """The end recorded inside retries_disabled() is the last outcome after it,
+    in this thread only."""
+    seen: list[object] = []
+    with retries_disabled():
+        list(_observed(iter(["a", "b"]), 2))
+    assert last_outcome() == Outcome("length", 2)
+    thread = threading.Thread(target=lambda: seen.append(last_outcome()))
+    thread.start()
+    thread.join()
+    assert seen == [None]
