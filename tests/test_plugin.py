@@ -4,13 +4,17 @@ Each check runs pytest (or Python) in a fresh interpreter, because what a
 plugin imports at start-up is only visible there. Plugin autoloading is
 switched off and the plugin named with ``-p``, so the same command works
 whether or not this checkout is installed (installed, the entry point would
-load it a second time under another name).
+load it a second time). The plugin is a top-level module that the wheel copies
+out of ``mlx_vlm_safe/_bootstrap``; here it is copied to a folder of its own
+on ``PYTHONPATH`` (that folder, unlike ``_bootstrap``, holds no
+``sitecustomize``).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,15 +22,19 @@ import textwrap
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PLUGIN = "mlx_vlm_safe.testing._plugin"
+PLUGIN = "_mlx_vlm_safe_pytest"
+SOURCE = REPO / "mlx_vlm_safe" / "_bootstrap" / f"{PLUGIN}.py"
 
 pytestmark = pytest.mark.subprocess
 
 
 def _run(args: list[str], cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    plugin_dir = cwd / "plugin"
+    plugin_dir.mkdir(exist_ok=True)
+    shutil.copy(SOURCE, plugin_dir)
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
+        p for p in (str(plugin_dir), str(REPO), env.get("PYTHONPATH", "")) if p
     )
     return subprocess.run(
         [sys.executable, *args],
@@ -54,16 +62,18 @@ def test_entry_point_names_the_plugin_module() -> None:
     assert data["project"]["entry-points"]["pytest11"] == {"mlx_vlm_safe": PLUGIN}
 
 
-def test_importing_the_plugin_imports_neither_mlx_nor_mlx_vlm(
+def test_importing_the_plugin_imports_nothing_of_ours_or_mlx(
     tmp_path: pathlib.Path,
 ) -> None:
-    """Every pytest run in an environment with mlx_vlm_safe imports the plugin."""
+    """Every pytest run in an environment with mlx_vlm_safe imports the plugin:
+    it must not import the package (that would patch mlx-vlm in every test
+    session), nor mlx."""
     result = _run(
         [
             "-c",
             f"import sys, {PLUGIN}\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('mlx', 'mlx_vlm', 'numpy', 'transformers')))",
+            "('mlx', 'mlx_vlm', 'mlx_vlm_safe', 'numpy', 'transformers')))",
         ],
         tmp_path,
     )
@@ -72,16 +82,18 @@ def test_importing_the_plugin_imports_neither_mlx_nor_mlx_vlm(
 
 
 def test_plugin_is_off_unless_a_fixture_is_used(tmp_path: pathlib.Path) -> None:
-    """A test that uses no fixture of ours: no mlx, no patch, no retry changes."""
+    """A test that uses no fixture of ours: mlx-vlm is not patched, it runs as is."""
     result = _pytest(
         tmp_path,
         """
         import sys
-        import mlx_vlm_safe
 
         def test_untouched():
-            assert "mlx" not in sys.modules and "mlx_vlm" not in sys.modules
-            assert not mlx_vlm_safe.is_testing()
+            assert "mlx_vlm_safe" not in sys.modules
+            import mlx_vlm
+
+            assert not hasattr(mlx_vlm.generate, "__mlx_vlm_safe__")
+            assert "mlx_vlm_safe" not in sys.modules
         """,
     )
     assert result.returncode == 0, result.stdout + result.stderr

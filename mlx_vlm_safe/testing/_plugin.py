@@ -1,15 +1,8 @@
-"""A pytest plugin with fixtures for testing code that calls mlx-vlm, offline.
+"""What the pytest plugin's fixtures hand out: the tiny model and fault stacks.
 
-Registered through the ``pytest11`` entry point, so installing mlx_vlm_safe is
-enough. It is off unless used: it adds no hooks, options or autouse fixtures,
-and importing it imports neither mlx nor mlx-vlm; only a test that asks for
-one of these fixtures pays for them.
-
-* ``mlx_vlm_safe_tiny_model`` (session): the ~0.5 MB tiny checkpoint, built
-  in pytest's temporary directory and loaded with the real ``mlx_vlm.load()``.
-* ``mlx_vlm_safe_faults``: plants faults into the real generation for the
-  rest of the test (see :func:`~mlx_vlm_safe.testing.plant_fault`).
-* ``mlx_vlm_safe_testing``: retries run once and never sleep, for the test.
+The fixtures themselves are in ``_mlx_vlm_safe_pytest`` (a top-level module,
+see ``mlx_vlm_safe/_bootstrap``), which pytest loads in every session; this
+module is imported only when a test uses one of them.
 
 Example (a user's test; no imports of mlx-vlm needed)::
 
@@ -25,20 +18,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pytest
 
 if TYPE_CHECKING:
     from ._faults import FaultPlan, FaultRecord
 
-__all__ = [
-    "Faults",
-    "TinyModel",
-    "mlx_vlm_safe_faults",
-    "mlx_vlm_safe_testing",
-    "mlx_vlm_safe_tiny_model",
-]
+__all__ = ["Faults", "TinyModel", "load_tiny_model"]
 
 
 class TinyModel:
@@ -130,31 +116,13 @@ class Faults:
         self._stack.close()
 
 
-@pytest.fixture(scope="session")
-def mlx_vlm_safe_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
-    """The tiny checkpoint, built once per session and loaded for real."""
+def load_tiny_model(root: Path) -> TinyModel:
+    """Build the tiny checkpoint under ``root`` and load it with ``mlx_vlm.load()``."""
     import mlx_vlm
 
     from ._checkpoint import build_tiny_checkpoint, tiny_image_path, tiny_prompt
 
-    root = tmp_path_factory.mktemp("mlx_vlm_safe_tiny")
     path = build_tiny_checkpoint(root / "checkpoint")
     model, processor = mlx_vlm.load(str(path))
     prompt = tiny_prompt(processor, model.config, "Describe the picture.")
     return TinyModel(model, processor, prompt, str(tiny_image_path(root)), str(path))
-
-
-@pytest.fixture
-def mlx_vlm_safe_faults() -> Iterator[Faults]:
-    """Plant faults into the real generation; all are removed after the test."""
-    with contextlib.ExitStack() as stack:
-        yield Faults(stack)
-
-
-@pytest.fixture
-def mlx_vlm_safe_testing() -> Iterator[None]:
-    """Retries run once and never sleep (``set_testing(True)``) for the test."""
-    from .._policy import set_testing
-
-    with set_testing(True):
-        yield
