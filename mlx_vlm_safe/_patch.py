@@ -167,6 +167,12 @@ def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
             stats = value[1] if isinstance(value[1], dict) else None
         if shape == "unknown":
             shape = "result" if located.kind in ("module", "package") else "str"
+            # Say what the wrappers assume, so the report is not a dead end.
+            why = f"{shape_probe.detail}; " if shape_probe.detail else ""
+            probes[-1] = dataclasses.replace(
+                shape_probe,
+                detail=f"{why}assumed {shape!r} from the {located.kind} layout",
+            )
     empty_item = (
         build_result(located.result_class, text="")
         if located.result_class is not None
