@@ -7,7 +7,7 @@ Strictly private. Three replacements, each for one defect class:
   fails on entry off Metal. It is the root-cause fix: the real error, its type,
   message and traceback, reaches the caller again, and so does Ctrl-C.
 * :func:`wrap_stream_generate` passes every item through unchanged, records
-  why the stream ended (:class:`~._results.Outcome`) and, on releases whose
+  how the stream ended (for :func:`~._results.last_outcome`) and, on releases whose
   ``generate()`` dereferences the last item unguarded, never ends without an
   item. Because it is installed as the module global ``generate()`` looks up,
   even a ``generate`` captured before the patch can no longer hit ``None``.
@@ -114,13 +114,14 @@ _call_state = STATE.get
 def _observed(
     stream: Iterator[object], max_tokens: object, empty_item: object = _NO_ITEM
 ) -> Iterator[object]:
-    """Pass items through; record how the stream ended in ``LAST_END``.
+    """Pass items through; record how the stream ended on the call's state.
 
     With ``empty_item`` it is also the never-empty guard: a stream that ends
     without an item yields ``empty_item`` once. One generator for both keeps
-    the common path to a single extra layer, and its bookkeeping is one plain
-    tuple and one ``ContextVar.set`` per stream, inline: this runs on every
-    call (see ``_results.StreamEnd``).
+    the common path to a single extra layer. Its bookkeeping is inline and is
+    one plain tuple (``_results.StreamEnd``) written on the running call's own
+    ``CallState``: no ``ContextVar.set``, no dataclass, because this runs on
+    every call (the README's "What the patch costs" has the figures).
     """
     items = 0
     last: object = None
@@ -183,7 +184,6 @@ def wrap_stream_generate(
     """
     default_max_tokens = behaviour.default_max_tokens
     empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
-    call_state = STATE.get
 
     def observed(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
@@ -193,7 +193,7 @@ def wrap_stream_generate(
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
         if max_tokens.__class__ is not int or max_tokens < 0:
             check_max_tokens(kwargs)
-        if retrying is None or call_state().active:
+        if retrying is None or _call_state().active:
             return _observed(original(*args, **kwargs), max_tokens, empty_item)
         stream = retrying(observed, args, kwargs)
         if empty_item is _NO_ITEM:
@@ -216,10 +216,11 @@ def wrap_generate(
 ) -> Callable[..., object]:
     """Wrap ``generate``: never ``None``; retries through ``retrying``.
 
-    The outcome comes from the stream the release's ``generate()`` drives
-    (``LAST_END``); where it may not drive one (0.1.0-0.1.6 call
-    ``generate_step`` themselves) it is cleared first and, if no stream
-    reported, judged by the text.
+    The outcome comes from the stream the release's ``generate()`` drives;
+    where no stream reported (0.1.0-0.1.6 call ``generate_step`` themselves)
+    it is judged by the text. ``max_tokens`` is checked here only where the
+    probe did not see ``generate()`` hand it to the stream wrapper, which
+    checks it anyway: once per call, not twice.
     """
     call = retrying
     streams, checked_downstream = behaviour.streams, behaviour.forwards_max_tokens
