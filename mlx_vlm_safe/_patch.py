@@ -32,7 +32,6 @@ from ._layout import Located, locate
 from ._probe import (
     Probe,
     probe_empty_stream,
-    probe_forwards_max_tokens,
     probe_result_shape,
     probe_wired_limit,
 )
@@ -151,7 +150,7 @@ def on_import(module: ModuleType) -> None:
 
 def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
     empty_probe = Probe("empty_stream", "inconclusive", "no generate")
-    shape, stats, streams, forwards = "str", None, False, False
+    shape, stats = "str", None
     if located.generate is not None:
         empty_probe = probe_empty_stream(located.generate)
         item = (
@@ -159,8 +158,7 @@ def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
             if located.result_class is not None
             else "x"
         )
-        shape_probe, value, streams = probe_result_shape(located.generate, item)
-        forwards = streams and probe_forwards_max_tokens(located.generate, item)
+        shape_probe, value = probe_result_shape(located.generate, item)
         probes += [empty_probe, shape_probe]
         shape = shape_probe.outcome
         if shape == "tuple" and isinstance(value, tuple) and len(value) == 2:
@@ -186,8 +184,6 @@ def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
         stats=stats,
         empty_item=empty_item,
         default_max_tokens=located.defaults.get("max_tokens"),
-        streams=streams and located.stream_generate is not None,
-        forwards_max_tokens=forwards and located.stream_generate is not None,
     )
 
 

@@ -96,24 +96,12 @@ def _clone(fn: Callable[..., Any], **globals_: object) -> Callable[..., Any]:
     return clone
 
 
-def _run_with_stream(
-    generate: Callable[..., Any], items: tuple[object, ...], **kwargs: object
-) -> tuple[object, dict[str, object] | None]:
-    """Run a clone of ``generate`` over ``items``.
-
-    Returns its value and the keywords it passed to ``stream_generate``, or
-    ``None`` if it never asked for the stream (0.1.0-0.1.6 drive
-    ``generate_step`` themselves).
-    """
-    seen: list[dict[str, object]] = []
-
+def _run_with_stream(generate: Callable[..., Any], items: tuple[object, ...]) -> object:
     def fake_stream(*args: object, **kwargs: object) -> Iterator[object]:
-        seen.append(kwargs)
         yield from items
 
     clone = _clone(generate, stream_generate=fake_stream)
-    value = clone(_Model(), _Processor(), "", verbose=False, **kwargs)
-    return value, seen[0] if seen else None
+    return clone(_Model(), _Processor(), "", verbose=False)
 
 
 def probe_empty_stream(generate: Callable[..., Any]) -> Probe:
@@ -131,16 +119,12 @@ def probe_empty_stream(generate: Callable[..., Any]) -> Probe:
 
 def probe_result_shape(
     generate: Callable[..., Any], item: object
-) -> tuple[Probe, object, bool]:
-    """Find what ``generate`` returns for a one-item stream, and if it streams.
-
-    Returns the probe, the value, and whether ``generate`` drove
-    ``stream_generate`` (``False`` when the run failed: unknown).
-    """
+) -> tuple[Probe, object]:
+    """What does ``generate`` return for a one-item stream? Returns the value too."""
     try:
-        value, seen = _run_with_stream(generate, (item,))
+        value = _run_with_stream(generate, (item,))
     except Exception as exc:  # an unexpected release: say so, decide elsewhere
-        return Probe("result_shape", "unknown", _describe(exc)), None, False
+        return Probe("result_shape", "unknown", _describe(exc)), None
     shape: Shape
     if isinstance(value, str):
         shape = "str"
@@ -150,24 +134,7 @@ def probe_result_shape(
         shape = "result"
     else:
         shape = "unknown"
-    return Probe("result_shape", shape), value, seen is not None
-
-
-_MARKER_TOKENS = 7919  # a value no default has
-
-
-def probe_forwards_max_tokens(generate: Callable[..., Any], item: object) -> bool:
-    """Whether ``generate`` hands its caller's ``max_tokens`` to the stream.
-
-    Every release that streams does (``**kwargs``); where this holds, the
-    patched ``stream_generate`` validates ``max_tokens`` and the patched
-    ``generate`` need not check it a second time on every call.
-    """
-    try:
-        _, seen = _run_with_stream(generate, (item,), max_tokens=_MARKER_TOKENS)
-    except Exception:  # unknown: keep the check in generate() as well
-        return False
-    return seen is not None and seen.get("max_tokens") is _MARKER_TOKENS
+    return Probe("result_shape", shape), value
 
 
 def _describe(exc: BaseException) -> str:

@@ -44,11 +44,6 @@ class Behaviour:
     stats: Mapping[str, object] | None
     empty_item: object
     default_max_tokens: object
-    #: ``generate()`` drives ``stream_generate`` (all but 0.1.0-0.1.6).
-    streams: bool = True
-    #: ... and passes it the caller's ``max_tokens``, which the stream wrapper
-    #: checks (all streaming releases so far).
-    forwards_max_tokens: bool = False
     name: str = "mlx_vlm.generate"
 
     def empty(self) -> object:
@@ -218,15 +213,17 @@ def wrap_generate(
 
     The outcome comes from the stream the release's ``generate()`` drives;
     where no stream reported (0.1.0-0.1.6 call ``generate_step`` themselves)
-    it is judged by the text. ``max_tokens`` is checked here only where the
-    probe did not see ``generate()`` hand it to the stream wrapper, which
-    checks it anyway: once per call, not twice.
+    it is judged by the text. ``max_tokens`` is checked here, on entry, even
+    though the stream wrapper checks it too: a bad value must fail before any
+    of the release's own code runs, whatever that code does first.
     """
     call = retrying
-    streams, checked_downstream = behaviour.streams, behaviour.forwards_max_tokens
 
     def generate(*args: object, **kwargs: object) -> object:
-        if not checked_downstream:
+        max_tokens = kwargs.get("max_tokens")
+        if max_tokens is not None and (
+            max_tokens.__class__ is not int or max_tokens < 0
+        ):
             check_max_tokens(kwargs)
         before = _call_state()
         end_before = before.end
@@ -239,8 +236,7 @@ def wrap_generate(
         state = _call_state()
         end = state.end
         if (
-            not streams
-            or end is None
+            end is None
             or (state is before and end is end_before)
             or end[2] is INCOMPLETE
         ):

@@ -15,8 +15,6 @@ import mlx_vlm_safe
 from mlx_vlm_safe._layout import locate
 from mlx_vlm_safe._probe import (
     probe_empty_stream,
-    probe_forwards_max_tokens,
-    probe_result_shape,
     probe_wired_limit,
 )
 from mlx_vlm_safe._releases import (
@@ -27,8 +25,6 @@ from mlx_vlm_safe._releases import (
     expected_release,
     release_for,
 )
-from mlx_vlm_safe._results import build_result
-from mlx_vlm_safe._wrappers import Behaviour, wrap_generate
 
 
 def test_installed_release_is_classified_as_the_table_says(
@@ -107,58 +103,6 @@ def test_empty_stream_probe_does_not_touch_the_module(mlx_vlm: Any) -> None:
     before = scope["stream_generate"]
     probe_empty_stream(located.generate)
     assert scope["stream_generate"] is before
-
-
-def test_every_tested_release_streams_and_forwards_max_tokens(mlx_vlm: Any) -> None:
-    """generate() hands the caller's max_tokens to stream_generate (so the
-    patched stream checks it once for both) on every release in CI."""
-    located = locate(sys.modules["mlx_vlm"])
-    assert located.generate is not None
-    cls = located.result_class
-    item = "x" if cls is None else build_result(cls, text="x")
-    assert probe_result_shape(located.generate, item)[2] is True
-    assert probe_forwards_max_tokens(located.generate, item) is True
-
-
-def _streams_without_max_tokens(
-    model: Any, processor: Any, prompt: str, **kwargs: Any
-) -> str:
-    kwargs.pop("max_tokens", None)
-    return "".join(stream_generate(model, processor, prompt, **kwargs))
-
-
-def _never_streams(model: Any, processor: Any, prompt: str, **kwargs: Any) -> str:
-    return "text"
-
-
-def stream_generate(*args: Any, **kwargs: Any) -> Iterator[str]:
-    yield "x"
-
-
-@pytest.mark.parametrize(
-    ("generate", "streams", "forwards"),
-    [(_streams_without_max_tokens, True, False), (_never_streams, False, False)],
-)
-def test_stream_probes_see_what_generate_does(
-    generate: Any, streams: bool, forwards: bool
-) -> None:
-    """A generate() that drops max_tokens, or never streams, is seen as such;
-    the patched generate() then checks max_tokens itself."""
-    assert probe_result_shape(generate, "x")[2] is streams
-    assert probe_forwards_max_tokens(generate, "x") is forwards
-    behaviour = Behaviour(
-        never_empty=False,
-        shape="str",
-        result_class=None,
-        stats=None,
-        empty_item="",
-        default_max_tokens=256,
-        streams=streams,
-        forwards_max_tokens=forwards,
-    )
-    with pytest.raises(TypeError, match="max_tokens"):
-        wrap_generate(generate, behaviour)(None, None, "p", max_tokens="8")
-    assert wrap_generate(generate, behaviour)(None, None, "p", max_tokens=8)
 
 
 def test_release_table_is_ordered_and_gapless() -> None:
