@@ -31,7 +31,6 @@ import time
 from typing import Any
 
 import nox
-import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent
 
@@ -166,15 +165,6 @@ def _deselected(env_id: str) -> list[str]:
     return [arg for node in row.deselected() for arg in ("--deselect", node)]
 
 
-def _own_requirements() -> list[str]:
-    """This package's dependencies and test extras, without mlx-vlm itself."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    deps = [
-        d for d in project["dependencies"] if not re.match(r"mlx[-_]vlm(?![-\w])", d)
-    ]
-    return deps + list(project["optional-dependencies"]["tests"])
-
-
 @functools.cache
 def _interpreter(version: str) -> str:
     """A real interpreter for ``version``: on PATH, or from pyenv's versions.
@@ -228,14 +218,9 @@ def tests(session: nox.Session, env_id: str) -> None:
         path.write_text("\n".join(STACK) + "\n")
         constraints = ["--constraint", str(path)]
     first, *later = env.installs
-    if env.matrix_env == "mlx-vlm-nell":
-        # Our package declares mlx-vlm as a dependency: next to a fork (no
-        # `mlx-vlm` distribution) that pulls upstream mlx-vlm over the fork's
-        # files. Install ours without dependencies, and those by hand.
-        session.install("mlx[cpu]", *first, *_own_requirements(), *constraints)
-        session.install("--no-deps", "-e", ".")
-    else:
-        session.install("mlx[cpu]", *first, "-e", ".[tests]", *constraints)
+    # Also next to a fork: mlx-vlm is not our dependency, so nothing pulls
+    # upstream mlx-vlm over the fork's files (the env checks it below).
+    session.install("mlx[cpu]", *first, "-e", ".[tests]", *constraints)
     for step in later:  # installed over the previous step, files and all
         session.install(*step, *constraints)
     session.run(
