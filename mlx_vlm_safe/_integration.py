@@ -17,7 +17,7 @@ from typing import Any
 from ._ladder import CallSpec
 from ._layout import LADDER_KEYWORDS, Located
 from ._retry import call_runner, stream_with_retry
-from ._state import STATE
+from ._state import call_end as _call_end
 from ._wrappers import Behaviour
 
 CallRunner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
@@ -26,19 +26,16 @@ StreamRunner = Callable[
 ]
 
 
-_call_state = STATE.get
-
-
 def _empty_generation(result: object) -> bool:
     """An attempt that produced nothing and raised nothing."""
     if result is None:
         return True
-    end = _call_state().end
+    end = _call_end()
     return end is not None and end[1]
 
 
 def _tokens() -> int:
-    end = _call_state().end
+    end = _call_end()
     return 0 if end is None else end[0]
 
 

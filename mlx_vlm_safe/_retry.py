@@ -102,10 +102,12 @@ def call_runner(
     get_state, set_state, new = _get_state, _set_state, CallState
 
     def run(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        if get_state().active:  # inside another loop's attempt, or disabled
+        previous = get_state()
+        if previous.active:  # inside another loop's attempt, or disabled
             return fn(*args, **kwargs)
         state = new()
-        state.active, state.end = True, None
+        state.active = True
+        state.end = state.inherited = previous.end
         set_state(state)
         state.started = clock()
         try:

@@ -28,23 +28,28 @@ class CallState:
     that path stores only its clock readings, leaves ``records`` and ``tokens``
     unset, and the records are built on demand by ``last_attempts()``.
 
-    ``end`` is how the last generation stream inside the call ended (see
-    ``_results.StreamEnd``): the stream writes it here, on the call's own
-    object, instead of setting a variable of its own.
+    ``end`` is how the last generation stream in this context ended (see
+    ``_results.StreamEnd``): a stream writes it here, on the call's own
+    object, instead of setting a variable of its own. A new state starts from
+    the previous one's, so a call that runs no stream does not erase it;
+    ``inherited`` keeps that starting value, so "a stream ended during this
+    call" is ``end is not inherited``.
     """
 
-    __slots__ = ("active", "end", "ended", "records", "started", "tokens")
+    __slots__ = ("active", "end", "ended", "inherited", "records", "started", "tokens")
     active: bool
     started: float
     ended: float
     tokens: int | None
     records: tuple[AttemptRecord, ...] | None
     end: tuple[Any, ...] | None
+    inherited: tuple[Any, ...] | None
 
 
-def _fixed_state(active: bool) -> CallState:
+def _fixed_state(active: bool, end: tuple[Any, ...] | None = None) -> CallState:
     state = CallState()
-    state.active, state.records, state.end = active, (), None
+    state.active, state.records = active, ()
+    state.end = state.inherited = end
     return state
 
 
@@ -61,20 +66,22 @@ def retries_disabled() -> Iterator[None]:
     asyncio task. How the last generation in the block ended is still
     reported afterwards (``last_outcome()``).
     """
-    block = _fixed_state(active=True)  # "active": calls inside call through
+    # "active": calls inside call through.
+    block = _fixed_state(active=True, end=STATE.get().end)
     token = STATE.set(block)
     try:
         yield
     finally:
         STATE.reset(token)
-        if block.end is not None:
+        if block.end is not block.inherited and block.end is not None:
             record_end(block.end)
 
 
-def new_state() -> CallState:
+def new_state(previous: CallState) -> CallState:
     """Mark this context as running an attempt; one ``ContextVar.set``."""
     state = CallState()
-    state.active, state.end = True, None
+    state.active = True
+    state.end = state.inherited = previous.end
     STATE.set(state)
     return state
 
@@ -91,14 +98,19 @@ def record_end(end: tuple[Any, ...]) -> None:
     if state is not IDLE:
         state.end = end
         return
-    fresh = _fixed_state(active=False)
-    fresh.end = end
-    STATE.set(fresh)
+    STATE.set(_fixed_state(active=False, end=end))
 
 
 def current_end() -> tuple[Any, ...] | None:
     """How the last stream in this context ended, if one did."""
     return STATE.get().end
+
+
+def call_end() -> tuple[Any, ...] | None:
+    """How the last stream ended, if one ended during the current call."""
+    state = STATE.get()
+    end = state.end
+    return None if end is state.inherited else end
 
 
 def interrupted(

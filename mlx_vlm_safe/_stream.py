@@ -65,11 +65,12 @@ def stream_engine(
     Nested inside another loop's attempt, or with retries disabled, it just
     delegates to the stream.
     """
-    if STATE.get().active:
+    previous = STATE.get()
+    if previous.active:
         yield from fn(*args, **kwargs)
         return
     clock = rt.clock
-    state = new_state()
+    state = new_state(previous)
     state.started = clock()
     attempt = _first_item(fn)
     try:

@@ -225,21 +225,15 @@ def wrap_generate(
             max_tokens.__class__ is not int or max_tokens < 0
         ):
             check_max_tokens(kwargs)
-        before = _call_state()
-        end_before = before.end
+        end_before = _call_state().end
         if call is None:
             result = original(*args, **kwargs)
         else:
             result = call(original, args, kwargs)
         if result is None:
             result = behaviour.empty()
-        state = _call_state()
-        end = state.end
-        if (
-            end is None
-            or (state is before and end is end_before)
-            or end[2] is INCOMPLETE
-        ):
+        end = _call_state().end
+        if end is None or end is end_before or end[2] is INCOMPLETE:
             # No stream told us how it ended (0.1.0-0.1.6 drive generate_step
             # themselves; or upstream closed it early and returned anyway):
             # judge by the text.

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mlx_vlm_safe._ladder import CallSpec
 from mlx_vlm_safe._results import (
     Outcome,
     build_result,
@@ -18,6 +19,7 @@ from mlx_vlm_safe._results import (
     last_outcome,
     outcome_of,
 )
+from mlx_vlm_safe._retry import call_runner
 from mlx_vlm_safe._state import current_end, retries_disabled
 from mlx_vlm_safe._wrappers import _observed
 
@@ -136,3 +138,72 @@ def test_outcome_survives_a_disabled_block_and_stays_in_its_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [None]
+
+
+# --- where the outcome lives: any nesting of calls, blocks and bare streams ----
+
+Program = list[tuple[str, object]]  # ("stream", n) | ("call" | "disabled", Program)
+
+programs = st.recursive(
+    st.lists(st.tuples(st.just("stream"), st.integers(0, 4)), max_size=3),
+    lambda inner: st.lists(
+        st.one_of(
+            st.tuples(st.just("stream"), st.integers(0, 4)),
+            st.tuples(st.sampled_from(["call", "disabled"]), inner),
+        ),
+        max_size=4,
+    ),
+    max_leaves=12,
+)
+MAX_TOKENS = 3
+RUN = call_runner(CallSpec("program"))
+
+
+def _run(program: Program) -> Outcome | None:
+    """Run a program; return the outcome of the last stream it ran (the model)."""
+    last: Outcome | None = None
+    for op, arg in program:
+        if op == "stream":
+            items = [f"t{i}" for i in range(arg)]  # type: ignore[call-overload]
+            assert list(_observed(iter(items), MAX_TOKENS)) == items
+            last = ended_model(len(items))
+        elif op == "call":
+            inner = RUN(_run, (arg,), {})
+            last = inner if _streams(arg) else last  # type: ignore[arg-type]
+        else:
+            with retries_disabled():
+                inner = _run(arg)  # type: ignore[arg-type]
+            last = inner if _streams(arg) else last  # type: ignore[arg-type]
+    return last
+
+
+def _streams(program: Program) -> bool:
+    return any(op == "stream" or _streams(arg) for op, arg in program)  # type: ignore[arg-type]
+
+
+def ended_model(items: int) -> Outcome:
+    if items == 0:
+        return Outcome("empty", 0)
+    return Outcome("length" if items >= MAX_TOKENS else "stop", items)
+
+
+@given(program=programs)
+def test_last_outcome_is_the_last_stream_whatever_the_nesting(
+    program: Program,
+) -> None:
+    """Streams inside retry-managed calls, retries_disabled() blocks, or neither,
+    nested any way: last_outcome() afterwards is the last stream's outcome,
+    and another thread never sees it."""
+    seen: list[object] = []
+    here = current_end()
+
+    def fresh_thread() -> None:  # a new thread starts with an empty context
+        expected = _run(program)
+        seen.append((last_outcome(), expected))
+
+    thread = threading.Thread(target=fresh_thread)
+    thread.start()
+    thread.join()
+    [(got, expected)] = seen
+    assert got == expected
+    assert current_end() is here  # nothing leaked into this thread
