@@ -17,26 +17,32 @@ from typing import Any
 from ._ladder import CallSpec
 from ._layout import LADDER_KEYWORDS, Located
 from ._retry import call_runner, stream_with_retry
-from ._state import call_end as _call_end
+from ._state import STATE
 from ._wrappers import Behaviour
 
+_call_state = STATE.get
 CallRunner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
 StreamRunner = Callable[
     [Callable[..., Iterator[Any]], tuple[Any, ...], Mapping[str, Any]], Iterator[Any]
 ]
 
 
+# Both run on every call: one frame each, the state read inline. A stream
+# ended during this call when ``end is not inherited`` (see ``CallState``).
 def _empty_generation(result: object) -> bool:
     """An attempt that produced nothing and raised nothing."""
     if result is None:
         return True
-    end = _call_end()
-    return end is not None and end[1]
+    state = _call_state()
+    end = state.end
+    return end is not None and end is not state.inherited and end[1]
 
 
 def _tokens() -> int:
-    end = _call_end()
-    return 0 if end is None else end[0]
+    """Tokens the stream of this call produced (0 if none ended in it)."""
+    state = _call_state()
+    end = state.end
+    return 0 if end is None or end is state.inherited else end[0]
 
 
 def _positions(function: Callable[..., Any] | None) -> dict[str, int]:

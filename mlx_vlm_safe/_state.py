@@ -106,13 +106,6 @@ def current_end() -> tuple[Any, ...] | None:
     return STATE.get().end
 
 
-def call_end() -> tuple[Any, ...] | None:
-    """How the last stream ended, if one ended during the current call."""
-    state = STATE.get()
-    end = state.end
-    return None if end is state.inherited else end
-
-
 def interrupted(
     state: CallState, exc: BaseException, clock: Callable[[], float]
 ) -> None:
