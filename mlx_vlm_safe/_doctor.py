@@ -328,9 +328,7 @@ def _elsewhere(a: Activation) -> str:
     )
 
 
-def _exit_code(
-    f: _Findings, mlx: dict[str, Any], outcomes: dict[str, str], needed: set[str]
-) -> int:
+def _exit_code(f: _Findings, mlx: dict[str, Any], needed: set[str]) -> int:
     if not f.found.installed:
         return NOT_INSTALLED
     if not (f.found.importable and mlx["importable"]) or (f.live and not f.live.ok):
@@ -419,14 +417,13 @@ def collect(*, live: bool = False) -> Diagnosis:
         warnings += _verdicts.version_warnings(
             f.found.version, f.found.metadata_version, f.found.distributions
         )
-    if f.found.importable:
         verdicts.append(_elsewhere(activation))
     if activation.autopatch_variable is not None and activation.autopatch is None:
         warnings.append(
             f"{AUTOPATCH}={activation.autopatch_variable!r} is not a boolean: "
             "ignored, nothing is activated at start-up."
         )
-    code = _exit_code(f, mlx, outcomes, needed)
+    code = _exit_code(f, mlx, needed)
     return Diagnosis(
         schema=SCHEMA,
         status=STATUS[code],
