@@ -265,10 +265,11 @@ class FaultPlan:
 
     def plant(self) -> contextlib.AbstractContextManager[FaultRecord]:
         """Plant this fault (see :func:`plant_fault`) for a ``with`` block."""
-        if self.point == "prefill":
-            return plant_fault(self.exception, times=self.times, during_prefill=True)
         return plant_fault(
-            self.exception, after_tokens=self.tokens_before, times=self.times
+            self.exception,
+            after_tokens=self.tokens_before,
+            times=self.times,
+            during_prefill=self.point == "prefill",
         )
 
 
