@@ -29,12 +29,7 @@ from types import ModuleType
 
 from . import _activate, _env, _hook
 from ._layout import Located, locate
-from ._probe import (
-    Probe,
-    probe_empty_stream,
-    probe_result_shape,
-    probe_wired_limit,
-)
+from ._probe import Probe, probe_empty_stream, probe_result_shape, probe_wired_limit
 from ._report import Fix, Report, Status
 from ._results import build_result
 from ._wrappers import Behaviour, safe_wired_limit, wrap_generate, wrap_stream_generate
