@@ -349,7 +349,8 @@ def _examine(live: bool) -> _Findings:
             MlxVlm(installed=False),
             verdicts=[
                 f"mlx-vlm is not installed for {sys.executable}: nothing to patch. "
-                'Install it with "mlx[cpu]" (Linux) or mlx (macOS).'
+                "mlx_vlm_safe does not bring it along; on Linux: pip install "
+                '"mlx-vlm-safe[mlx-vlm]" "mlx[cpu]".'
             ],
         )
     try:

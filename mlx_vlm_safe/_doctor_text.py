@@ -20,7 +20,14 @@ def _row(label: str, value: object) -> str:
 
 def _wrap(bullet: str, text: str) -> str:
     return (
-        textwrap.fill(text, 88, initial_indent=bullet, subsequent_indent="    ") + "\n"
+        textwrap.fill(
+            text,
+            88,
+            initial_indent=bullet,
+            subsequent_indent="    ",
+            break_on_hyphens=False,  # never split a package name like mlx-vlm
+        )
+        + "\n"
     )
 
 
