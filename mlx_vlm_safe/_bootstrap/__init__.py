@@ -1,7 +1,9 @@
-"""Start-up hooks; never imported by the library itself.
+"""Start-up hooks and the pytest entry point; never imported by the library.
 
-Strictly private. This folder holds the three files that activate the patch
-at interpreter start, without a line of the program changed:
+Strictly private. Each file here must work *without* importing the
+``mlx_vlm_safe`` package, whose import side effect is the activation itself.
+Three activate the patch at interpreter start, without a line of the program
+changed:
 
 * ``mlx_vlm_safe_autopatch.pth``: copied by the wheel into site-packages.
   Python runs its one line in every interpreter of the environment; the line
@@ -15,6 +17,10 @@ at interpreter start, without a line of the program changed:
   ``PYTHONPATH``, so the program and every Python child it starts import it.
   That path works with any install (wheel, editable, a plain ``PYTHONPATH``
   checkout), whereas the ``.pth`` file exists only where the wheel put it.
+
+The fourth, ``_mlx_vlm_safe_pytest.py``, is the pytest plugin's entry point,
+copied to the top of site-packages as well: pytest loads it in every session,
+which must not patch mlx-vlm unless a test uses one of its fixtures.
 
 The ``__init__`` exists so that type checkers and linters see a package.
 """
