@@ -219,7 +219,8 @@ def tests(session: nox.Session, env_id: str) -> None:
         constraints = ["--constraint", str(path)]
     first, *later = env.installs
     # Also next to a fork: mlx-vlm is not our dependency, so nothing pulls
-    # upstream mlx-vlm over the fork's files (the env checks it below).
+    # upstream mlx-vlm over the fork's files (the line below prints which
+    # distribution provides mlx_vlm; the report tests check it).
     session.install("mlx[cpu]", *first, "-e", ".[tests]", *constraints)
     for step in later:  # installed over the previous step, files and all
         session.install(*step, *constraints)
@@ -247,10 +248,9 @@ def tests(session: nox.Session, env_id: str) -> None:
 # ------------------------------------------------------------------ the driver
 
 _LOGS = ROOT / ".nox" / "_matrix"
-#: The long environments (they also run the fresh-interpreter tests: ~8 min
-#: each alone, ~14 min when two run at once, since both lanes then spend their
-#: time starting interpreters) go one at a time in one lane, while the other
-#: lane works through the short ones (~2 min each).
+#: The long environments (they also run the fresh-interpreter tests: ~4 min
+#: each, measured with the other lane busy) go one at a time in one lane,
+#: while the other lane works through the short ones (~1-1.5 min each).
 _LONG = TABLE.FRESH_INTERPRETER_ENVS
 
 

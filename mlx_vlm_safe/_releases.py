@@ -321,9 +321,10 @@ INSTALLS: tuple[Install, ...] = (
 #: (``-m subprocess``: import orders, the kill switch, the CLI, mlx-vlm's own
 #: server end to end): the affected module layout with the V2 server (0.3.5)
 #: and the newest release (package layout, V3 server). The others run
-#: everything else, every real-model test included. Those tests take most of
-#: a full run (~8-14 min against ~2 min on two busy cores; 0.1.27 on Python
-#: 3.12 took ~17 min): on every environment they would not fit CI's time.
+#: everything else, every real-model test included. Those tests start a
+#: fresh interpreter each and take most of a run (~4 min against ~1-1.5 min
+#: per environment on two busy cores): on all 18 environments they would
+#: more than double the matrix's ~14 min.
 #: Run them on one more: ``nox -s "tests(0.1.27)" -- -m subprocess``.
 FRESH_INTERPRETER_ENVS = ("0.3.5", "latest")
 
