@@ -45,7 +45,8 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
 * ``affected`` (bool or ``null``), ``verdicts`` (list of sentences),
   ``warnings`` (list)
 * ``live``: ``null`` without ``--live``, else ``{ok, tokens, text,
-  finish_reason, seconds, error}``
+  finish_reason, seconds, error, worker_thread_same}``: the same greedy call
+  runs on this thread, then on a worker thread, and ``ok`` needs both
 
 If doctor itself fails, the object has only ``schema``, ``status``
 (``"error"``), ``exit_code`` (6) and ``error``.
