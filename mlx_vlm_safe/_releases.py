@@ -46,6 +46,17 @@ STREAM_KINDS = {
 }
 
 
+#: The mlx every pinned CI environment has (the noxfile's STACK).
+STACK_MLX = "0.32.4"
+
+#: The mlx axis of the CI matrix: release -> the older mlx it also runs on
+#: (every environment runs the newest, STACK's, too). Threads and the exit
+#: depend on mlx: 0.29.3-0.31.2 share CPU streams between threads, 0.32.0
+#: binds them (and aborted at exit even after ``clear_streams``); 0.5.0's
+#: thread-local stream needs 0.31.2+ to import at all.
+MLX_AXIS = {"0.3.5": ("0.29.3", "0.31.1", "0.31.2", "0.32.0"), "0.5.0": ("0.31.2",)}
+
+
 def streams_bound(mlx_version: str, device: str = "cpu") -> bool:
     """Whether this mlx binds streams to the thread that made them."""
     since = CPU_STREAMS_THREAD_BOUND_SINCE if device == "cpu" else "0.31.2"
@@ -508,6 +519,12 @@ def tested_line() -> str:
         "tiny checkpoint. The tests that need a fresh interpreter (import "
         "orders, kill switch, CLI, the release's own server) run on "
         + ", ".join(FRESH_INTERPRETER_ENVS).replace("latest", "the newest")
+        + ". Every pinned environment has mlx "
+        + STACK_MLX
+        + "; the mlx axis adds "
+        + "; ".join(
+            f"{release} on mlx {', '.join(mlxs)}" for release, mlxs in MLX_AXIS.items()
+        )
         + ". Not tested: "
         + ", ".join(untested)
         + "."
