@@ -173,18 +173,21 @@ def wait_for_ended_workers(timeout: float = EXIT_WAIT) -> None:
             time.sleep(0.001)
 
 
-_per_thread = threading.local()
+#: ``guard`` is set on each thread that generated (``None`` on the main
+#: thread); the wrappers read it inline, one attribute lookup per call.
+per_thread = threading.local()
 _MAIN = threading.main_thread()
 _exit_lock = threading.Lock()
 _exit_registered = False
 
 
-def _arm() -> None:
+def arm() -> None:
+    """Arm the calling thread (see :class:`_ReleaseOnThreadExit`)."""
     global _exit_registered  # noqa: PLW0603 - once per process
     if threading.current_thread() is _MAIN:
-        _per_thread.guard = None  # mlx's own exit handlers clean the main thread
+        per_thread.guard = None  # mlx's own exit handlers clean the main thread
         return
-    _per_thread.guard = _ReleaseOnThreadExit(threading.get_native_id())
+    per_thread.guard = _ReleaseOnThreadExit(threading.get_native_id())
     with _exit_lock:
         if not _exit_registered:
             atexit.register(wait_for_ended_workers)
@@ -192,8 +195,12 @@ def _arm() -> None:
 
 
 def arm_thread_exit() -> None:
-    """Make sure this thread frees its streams when it ends. ~40 ns once armed."""
+    """Make sure this thread frees its streams when it ends.
+
+    The hot paths inline the check (``per_thread.guard`` raising
+    ``AttributeError`` means "not armed yet") and call :func:`arm` only then.
+    """
     try:
-        _per_thread.guard  # noqa: B018 - the attribute's presence is the check
+        per_thread.guard  # noqa: B018 - the attribute's presence is the check
     except AttributeError:
-        _arm()
+        arm()

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from ._results import INCOMPLETE, ZERO_TOKENS_END, empty_result, ran_out, text_end
 from ._state import IDLE, STATE, record_end
-from ._threads import arm_thread_exit
+from ._threads import arm, per_thread
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,7 +109,6 @@ def check_max_tokens(kwargs: Mapping[str, object]) -> None:
 
 _NO_ITEM: Any = object()  # "no never-empty guard" for ``_observed``
 _call_state = STATE.get
-_arm_thread = arm_thread_exit
 
 
 def _end_call(end: tuple[int, bool, object, object]) -> None:
@@ -146,14 +145,22 @@ def _observed(
     items = 0
     last: object = None
     reason: object = INCOMPLETE  # until the stream is exhausted
-    arm = _arm_thread
+    # Each thread that makes an item frees its mlx streams when it ends; the
+    # check is one attribute lookup, inline because it runs once per token.
+    thread = per_thread
     try:
-        arm()
+        try:
+            thread.guard  # noqa: B018
+        except AttributeError:
+            arm()
         for item in stream:
             items += 1
             last = item
             yield item
-            arm()  # resumed, maybe on another thread: it makes the next item
+            try:  # resumed, maybe on another thread: it makes the next item
+                thread.guard  # noqa: B018
+            except AttributeError:
+                arm()
         reason = getattr(last, "finish_reason", None)
     finally:
         tokens = getattr(last, "generation_tokens", items)
@@ -259,7 +266,10 @@ def wrap_generate(
             if max_tokens == 0:
                 _end_call(ZERO_TOKENS_END)
                 return behaviour.zero_tokens()
-        _arm_thread()
+        try:  # 0.1.0-0.1.6 generate without a stream: arm the thread here too
+            per_thread.guard  # noqa: B018
+        except AttributeError:
+            arm()
         end_before = _call_state().end
         if call is None:
             result = original(*args, **kwargs)
