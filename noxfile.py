@@ -115,7 +115,7 @@ def _upstream(version: str, python: str = PYTHON, mlx: str | None = None) -> Env
 MLX_LM_FOR = {
     "0.29.3": "mlx-lm==0.29.1",
     "0.31.1": "mlx-lm==0.31.1",
-    "0.31.2": "mlx-lm==0.31.3",  # mlx-vlm 0.5.0 needs mlx-lm 0.31.3+
+    "0.31.2": "mlx-lm==0.31.2",
     "0.32.0": "mlx-lm==0.32.0",
 }
 
@@ -145,7 +145,7 @@ ENVIRONMENTS: dict[str, Env] = {
     # 0.5.0 makes a thread-local one, which needs mlx 0.31.2+ to import at all.
     # The pairs come from the table (MLX_AXIS); why each mlx is there:
     # 0.29.3 streams shared by threads; 0.31.1 the last before mlx issue 3727;
-    # 0.31.2 Metal streams bound, CPU not, the oldest mlx 0.5.0 imports on;
+    # 0.31.2 Metal streams bound, CPU not;
     # 0.32.0 CPU streams bound, and the exit aborted even after clear_streams.
     **{
         f"{release}-mlx{mlx}": _upstream(release, mlx=mlx)

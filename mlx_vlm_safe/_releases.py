@@ -52,9 +52,10 @@ STACK_MLX = "0.32.4"
 #: The mlx axis of the CI matrix: release -> the older mlx it also runs on
 #: (every environment runs the newest, STACK's, too). Threads and the exit
 #: depend on mlx: 0.29.3-0.31.2 share CPU streams between threads, 0.32.0
-#: binds them (and aborted at exit even after ``clear_streams``); 0.5.0's
-#: thread-local stream needs 0.31.2+ to import at all.
-MLX_AXIS = {"0.3.5": ("0.29.3", "0.31.1", "0.31.2", "0.32.0"), "0.5.0": ("0.31.2",)}
+#: binds them (and aborted at exit even after ``clear_streams``). The
+#: thread-local releases (0.5.0+) install only with mlx 0.32.4: they need
+#: mlx-audio 0.6.2, which pins ``mlx==0.32.4``; so they run on STACK's mlx.
+MLX_AXIS = {"0.3.5": ("0.29.3", "0.31.1", "0.31.2", "0.32.0")}
 
 
 def streams_bound(mlx_version: str, device: str = "cpu") -> bool:
@@ -525,7 +526,9 @@ def tested_line() -> str:
         + "; ".join(
             f"{release} on mlx {', '.join(mlxs)}" for release, mlxs in MLX_AXIS.items()
         )
-        + ". Not tested: "
+        + " (0.5.0+ install only with mlx "
+        + STACK_MLX
+        + ": mlx-audio 0.6.2 pins it). Not tested: "
         + ", ".join(untested)
         + "."
     )
