@@ -141,9 +141,9 @@ ENVIRONMENTS: dict[str, Env] = {
     # The mlx axis: threads and exit depend on mlx, not only on mlx-vlm (every
     # environment above has STACK's mlx 0.32.4, the newest). CPU streams are
     # shared by all threads up to 0.31.2 and bound to their thread from 0.32.0;
-    # 0.3.5 makes its stream at import (the fix applies only where bound),
-    # 0.5.0 makes a thread-local one, which needs mlx 0.31.2+ to import at all.
-    # The pairs come from the table (MLX_AXIS); why each mlx is there:
+    # 0.3.5 makes its stream at import (the fix applies only where bound).
+    # 0.5.0+ (thread-local streams) install only with mlx 0.32.4: mlx-audio
+    # 0.6.2 pins it. The pairs come from the table (MLX_AXIS); why each mlx:
     # 0.29.3 streams shared by threads; 0.31.1 the last before mlx issue 3727;
     # 0.31.2 Metal streams bound, CPU not;
     # 0.32.0 CPU streams bound, and the exit aborted even after clear_streams.
