@@ -28,6 +28,7 @@ import threading
 from types import ModuleType
 
 from . import _activate, _env, _hook
+from ._detokenizer import probe_detokenizer
 from ._layout import Located, locate
 from ._probe import Probe, probe_empty_stream, probe_result_shape, probe_wired_limit
 from ._report import Fix, Report, Status
@@ -64,6 +65,8 @@ class _State:
         default_factory=list
     )
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # fixes carried inside another fix's replacement: (fix, host fix)
+    riders: tuple[tuple[str, str], ...] = ()
 
 
 _LOCK = threading.RLock()
@@ -172,6 +175,8 @@ def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
         if located.result_class is not None
         else ""
     )
+    detokenizer = probe_detokenizer(located.stream_generate)
+    probes.append(detokenizer)
     return Behaviour(
         # An inconclusive probe keeps the guard: one empty item is harmless.
         never_empty=empty_probe.outcome != "guarded",
@@ -180,6 +185,7 @@ def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
         stats=stats,
         empty_item=empty_item,
         default_max_tokens=located.defaults.get("max_tokens"),
+        shared_detokenizer=detokenizer.outcome == "shared",
     )
 
 
@@ -215,6 +221,8 @@ def _plan(located: Located, behaviour: Behaviour, wired: Probe, thread: Probe) -
         fix = "never_empty_stream" if behaviour.never_empty else "observed_stream"
         stream = wrap_stream_generate(located.stream_generate, behaviour, retry_stream)
         plan[id(located.stream_generate)] = (located.stream_generate, stream, fix)
+        if behaviour.shared_detokenizer:
+            _STATE.riders = (("private_detokenizer", fix),)
     if located.generate is not None:
         generate = wrap_generate(located.generate, behaviour, retry_call)
         plan[id(located.generate)] = (located.generate, generate, "none_safe_generate")
@@ -230,6 +238,9 @@ _REASONS = {
     "generation runs off Metal",
     "never_empty_stream": "generate() dereferences the last stream item unguarded; "
     "the stream now always yields at least one item",
+    "private_detokenizer": "stream_generate() fed one shared detokenizer per "
+    "processor, so concurrent calls mixed each other's text; a call that "
+    "overlaps another now gets its own copy",
     "observed_stream": "stream_generate() records why it ended and retries "
     "failures before its first item",
     "none_safe_generate": "generate() never returns None and retries what can "
@@ -250,9 +261,12 @@ def _fixes() -> tuple[Fix, ...]:
             fix = owners.get(id(value))
             if fix is not None and _replacement_of(fix) is value:
                 targets.setdefault(fix, []).append(f"{module.__name__}.{name}")
+    applied = [fix for _, _, fix in _STATE.replacements.values()]
+    applied += [rider for rider, host in _STATE.riders if host in applied]
+    hosts = dict(_STATE.riders)
     return tuple(
-        Fix(fix, _REASONS[fix], tuple(sorted(targets.get(fix, ()))))
-        for _, _, fix in _STATE.replacements.values()
+        Fix(fix, _REASONS[fix], tuple(sorted(targets.get(hosts.get(fix, fix), ()))))
+        for fix in applied
     )
 
 
@@ -284,6 +298,7 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
         )
     _STATE.replacements.clear()
     _STATE.rebound.clear()
+    _STATE.riders = ()
     _plan(located, behaviour, wired, thread)
     _STATE.originals = {id(r): o for o, r, _ in _STATE.replacements.values()}
     for module in _loaded_mlx_vlm_modules():
@@ -295,9 +310,7 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     _STATE.status = "patched"
     _STATE.armed = False
     _log.info(
-        "mlx_vlm_safe: patched mlx-vlm %s: %s",
-        version,
-        [fix for _, _, fix in _STATE.replacements.values()],
+        "mlx_vlm_safe: patched mlx-vlm %s: %s", version, [f.name for f in _fixes()]
     )
 
 
@@ -383,6 +396,7 @@ def unpatch() -> Report:
         _STATE.rebound.clear()
         _STATE.replacements.clear()
         _STATE.originals.clear()
+        _STATE.riders = ()
         _STATE.armed = False
         if _STATE.status in ("patched", "pending", "failed"):
             _STATE.status = "unpatched"

@@ -170,6 +170,9 @@ class Release:
     server: str = "absent"
     #: The generation stream: "none", "import" or "thread_local" (STREAM_KINDS).
     stream: str = "none"
+    #: stream_generate's detokenizer: "shared" (the processor's, up to 0.4.4)
+    #: or "per_call" (0.5.0+); the ``detokenizer`` probe's verdict.
+    detokenizer: str = "shared"
     #: The releases of this range the CI matrix runs (``noxfile.py``).
     tested: tuple[str, ...] = ()
     #: The checkpoint the real-model tests run in this range ("" = none).
@@ -202,7 +205,8 @@ class Release:
         """The fixes applied, given whether mlx binds streams to threads."""
         verdict = self.thread_verdict(bound)
         thread = ("thread_local_stream",) if verdict.startswith("bound") else ()
-        return thread + self.fixes
+        private = ("private_detokenizer",) if self.detokenizer == "shared" else ()
+        return thread + self.fixes + private
 
     @property
     def fails_on_entry(self) -> bool:
@@ -301,6 +305,7 @@ RELEASES: tuple[Release, ...] = (
         ("never_empty_stream", "none_safe_generate"),
         server="V2",
         stream="thread_local",
+        detokenizer="per_call",
         tested=("0.5.0",),
     ),
     Release(
@@ -309,6 +314,7 @@ RELEASES: tuple[Release, ...] = (
         _GENERIC,
         server="V3+RG",
         stream="thread_local",
+        detokenizer="per_call",
         tested=("0.6.0", "0.6.17", "0.7.10"),
     ),
 )

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from ._detokenizer import isolating
 from ._results import INCOMPLETE, ZERO_TOKENS_END, empty_result, ran_out, text_end
 from ._state import IDLE, STATE, record_end
 from ._threads import arm, per_thread
@@ -46,6 +47,8 @@ class Behaviour:
     empty_item: object
     default_max_tokens: object
     name: str = "mlx_vlm.generate"
+    #: stream_generate shares the processor's detokenizer between calls.
+    shared_detokenizer: bool = False
 
     def empty(self) -> object:
         """An empty result of the release's own shape."""
@@ -215,10 +218,11 @@ def wrap_stream_generate(
     default_max_tokens = behaviour.default_max_tokens
     empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
     zero_item = ran_out(behaviour.empty_item)
+    run = isolating(original) if behaviour.shared_detokenizer else original
 
     def observed(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
-        return _observed(original(*args, **kwargs), max_tokens)
+        return _observed(run(*args, **kwargs), max_tokens)
 
     def stream_generate(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
@@ -227,7 +231,7 @@ def wrap_stream_generate(
             if max_tokens == 0:
                 return _zero_tokens(zero_item)
         if retrying is None or _call_state().active:
-            return _observed(original(*args, **kwargs), max_tokens, empty_item)
+            return _observed(run(*args, **kwargs), max_tokens, empty_item)
         stream = retrying(observed, args, kwargs)
         if empty_item is _NO_ITEM:
             return stream

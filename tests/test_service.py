@@ -164,14 +164,22 @@ def first(service: Service, png: bytes) -> str:
 
 
 def test_concurrent_uploads_all_get_the_full_answer(
-    service: Service, png: bytes, first: str
+    service: Service, png: bytes, first: str, release: Release
 ) -> None:
-    """Twelve uploads at once, four to each endpoint: every one answered in full."""
+    """Twelve uploads at once, four to each endpoint: every one answered in full.
+
+    Each must equal its endpoint's answer alone, and the endpoints agree,
+    except on 0.1.7-0.1.9, whose ``stream_generate`` drops keyword arguments
+    (the image included), so the streaming endpoint describes no picture.
+    """
+    alone = {path: _answer(*service.post(path, png)) for path in ENDPOINTS}
+    if not release.has("kwargs_dropped"):
+        assert set(alone.values()) == {first}
     paths = [ENDPOINTS[i % 3] for i in range(12)]
     with ThreadPoolExecutor(12) as pool:
         replies = list(pool.map(lambda p: service.post(p, png), paths))
     answers = [_answer(*reply) for reply in replies]
-    assert answers == [first] * 12, service.log_tail()
+    assert answers == [alone[path] for path in paths], service.log_tail()
 
 
 def _error(status: int, body: str) -> str:

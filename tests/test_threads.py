@@ -104,18 +104,32 @@ def test_asyncio_to_thread(tiny: Tiny, mlx_vlm: Any, alone: str) -> None:
 
 
 def test_concurrent_callers_each_get_their_own_answer(
-    tiny: Tiny, mlx_vlm: Any, alone: str
+    tiny: Tiny, mlx_vlm: Any, exports: Any
 ) -> None:
-    """Four threads released at one barrier generate at the same time."""
-    barrier = threading.Barrier(4)
+    """Eight callers released at one barrier, generating at the same time.
 
-    def work(_: int) -> str:
+    Each must get the greedy answer it gets alone. Up to 0.4.4 the calls fed
+    one shared detokenizer and returned each other's text (2-3 of 12 garbled
+    at 256 tokens); long answers make the overlap certain.
+    """
+    tokens = 48
+
+    def answer() -> str:
+        return _text(tiny.call(mlx_vlm.generate, max_tokens=tokens))
+
+    def streamed() -> str:
+        return _streamed(list(tiny.stream(exports.stream_generate, max_tokens=tokens)))
+
+    alone, alone_streamed = answer(), streamed()
+    barrier = threading.Barrier(8)
+
+    def work(i: int) -> str:
         barrier.wait()
-        return _call(tiny, mlx_vlm)
+        return answer() if i % 2 else streamed()
 
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(work, range(4)))
-    assert answers == [alone] * 4
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(work, range(8)))
+    assert answers == [alone if i % 2 else alone_streamed for i in range(8)]
 
 
 def _streamed(items: list[Any]) -> str:
