@@ -28,6 +28,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+from ._memguard import guard_stream
 from ._results import INCOMPLETE, empty_result, text_end
 from ._state import IDLE, STATE, record_end
 
@@ -179,17 +180,18 @@ def wrap_stream_generate(
     """
     default_max_tokens = behaviour.default_max_tokens
     empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
+    run = guard_stream(original, default_max_tokens)  # memory guard (_memguard)
 
     def observed(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
-        return _observed(original(*args, **kwargs), max_tokens)
+        return _observed(run(*args, **kwargs), max_tokens)
 
     def stream_generate(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
         if max_tokens.__class__ is not int or max_tokens < 0:
             check_max_tokens(kwargs)
         if retrying is None or _call_state().active:
-            return _observed(original(*args, **kwargs), max_tokens, empty_item)
+            return _observed(run(*args, **kwargs), max_tokens, empty_item)
         stream = retrying(observed, args, kwargs)
         if empty_item is _NO_ITEM:
             return stream

@@ -1,0 +1,213 @@
+"""The memory guard: out of memory becomes ``MemoryError``, never a dead process.
+
+Strictly private. :func:`guard_stream` wraps the release's ``stream_generate``
+once, at patch time; every generation (each retry attempt included, with the
+ladder's smaller ``max_tokens`` / ``prefill_step_size``) then goes through:
+
+1. Pre-flight, before any allocation: the budget (``_budget``) against the
+   estimate (``_estimate``). Too big: ``MemoryError`` naming both numbers,
+   which the retry table classifies as retryable, so the ladder gets its
+   chance.
+2. In flight, every ``CHECK_EVERY`` tokens (never a syscall per token): the
+   room left now, from the same sources, must hold what the next tokens will
+   add (the next KV-cache step; where the architecture is unknown, twice the
+   largest growth seen between two checks, from mlx's active + cache memory
+   and the process's resident size). Otherwise ``MemoryError`` after the
+   tokens already yielded: a cut answer is never passed off as complete.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import _budget, _estimate
+
+__all__ = ["CHECK_EVERY", "guard_stream", "last_note"]
+
+_log = logging.getLogger("mlx_vlm_safe")
+
+#: Tokens between two in-flight checks.
+CHECK_EVERY = 16
+_NAMES = ("model", "processor", "prompt", "image")
+#: What the guard last decided, for ``report()``: budget and estimate notes.
+_notes: dict[str, str] = {}
+
+
+def last_note() -> str | None:
+    """One line on the memory guard for ``report()`` (None before any call)."""
+    if not _notes:
+        return None
+    return "; ".join(f"{k}: {v}" for k, v in _notes.items())
+
+
+def _mlx_memory() -> int:
+    """mlx's active + cache memory (bytes); 0 where mlx cannot tell."""
+    mx = sys.modules.get("mlx.core")
+    total = 0
+    for name in ("get_active_memory", "get_cache_memory"):
+        fn = getattr(mx, name, None) or getattr(getattr(mx, "metal", None), name, None)
+        if callable(fn):
+            try:
+                total += int(fn())
+            except Exception:  # an old or odd backend: count nothing
+                continue
+    return total
+
+
+def _resident() -> int:
+    space = _budget.address_space()
+    return space[1] if space is not None else 0
+
+
+def _positions_of(original: Callable[..., Any]) -> dict[str, int]:
+    try:
+        params = list(inspect.signature(original).parameters)
+    except (TypeError, ValueError):
+        return {}
+    return {name: params.index(name) for name in _NAMES if name in params}
+
+
+def _argument(
+    name: str, where: dict[str, int], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    position = where.get(name)
+    if position is not None and position < len(args):
+        return args[position]
+    return kwargs.get(name)
+
+
+def _mib(value: int) -> str:
+    return _budget.mib(value)
+
+
+def preflight(
+    where: dict[str, int],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    max_tokens: object,
+) -> tuple[_budget.Budget, _estimate.Estimate | None] | None:
+    """Check the call against the budget; raise ``MemoryError`` if it cannot fit."""
+    budget = _budget.read_budget()
+    if budget is None or budget.room is None:
+        _notes["budget"] = _budget.describe(budget)
+        return None
+    model = _argument("model", where, args, kwargs)
+    arch = _estimate.architecture(model)
+    found = _estimate.estimate(
+        arch,
+        model,
+        _argument("processor", where, args, kwargs),
+        _argument("prompt", where, args, kwargs),
+        _argument("image", where, args, kwargs),
+        kwargs,
+        max_tokens,
+    )
+    _notes["budget"] = f"{_budget.describe(budget)}"
+    if isinstance(found, str):
+        _notes["estimate"] = f"skipped ({found}); in-flight check only"
+        return budget, None
+    _notes["estimate"] = (
+        f"{arch.model_type}: {arch.kv_bytes_per_position} bytes of KV cache "
+        "per position"
+    )
+    if found.total > budget.room:
+        raise MemoryError(
+            f"this generation needs about {_mib(found.total)} "
+            f"(KV cache {_mib(found.kv_cache)} for {found.capacity} positions: "
+            f"{found.prompt_tokens} prompt tokens + max_tokens {max_tokens}; "
+            f"prefill {_mib(found.prefill)}) but only {_mib(budget.room)} "
+            f"is available ({budget.source}, after a {_mib(budget.margin)} margin); "
+            "refused before allocating (mlx_vlm_safe memory guard)"
+        )
+    return budget, found
+
+
+def _watch(
+    stream: Iterator[Any],
+    budget: _budget.Budget,
+    found: _estimate.Estimate | None,
+    per_position: int,
+) -> Iterator[Any]:
+    """Pass items through; check the room every ``CHECK_EVERY`` items."""
+    items = 0
+    next_check = CHECK_EVERY
+    start = (_mlx_memory(), _resident())
+    last = start
+    jump = 0
+    try:
+        for item in stream:
+            items += 1
+            if items >= next_check:
+                next_check += CHECK_EVERY
+                now = (_mlx_memory(), _resident())
+                growth = max(now[0] - last[0], now[1] - last[1])
+                jump = max(jump, growth)
+                last = now
+                _check(budget, found, per_position, items, jump, now, start)
+            yield item
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+def _check(
+    budget: _budget.Budget,
+    found: _estimate.Estimate | None,
+    per_position: int,
+    items: int,
+    jump: int,
+    now: tuple[int, int],
+    start: tuple[int, int],
+) -> None:
+    if found is not None:
+        step = _estimate.STEP
+        here = found.prompt_tokens + items
+        ahead = here + CHECK_EVERY
+        need = (-(-ahead // step) - -(-here // step)) * step * per_position
+    else:
+        need = 2 * jump
+    fresh = _budget.read_budget()
+    if fresh is None or fresh.room is None:
+        return
+    room = fresh.room
+    if fresh.source == "memory_limit":  # a per-generation cap: count our growth
+        room = fresh.sources["memory_limit"] - max(
+            now[0] - start[0], now[1] - start[1]
+        )
+    if need > room:
+        raise MemoryError(
+            f"generation stopped after {items} tokens: the next tokens need about "
+            f"{_mib(need)} but only {_mib(max(room, 0))} is left ({fresh.source}, "
+            f"after a {_mib(fresh.margin)} margin) (mlx_vlm_safe memory guard)"
+        )
+
+
+def guard_stream(
+    original: Callable[..., Iterator[Any]], default_max_tokens: object
+) -> Callable[..., Iterator[Any]]:
+    """``original`` with the pre-flight and in-flight checks around it."""
+    where = _positions_of(original)
+
+    def guarded(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            checked = preflight(
+                where, args, kwargs, kwargs.get("max_tokens", default_max_tokens)
+            )
+        except MemoryError:
+            raise
+        except Exception:  # the guard must never be why a call fails
+            _log.warning("memory guard: pre-flight check failed", exc_info=True)
+            checked = None
+        stream = original(*args, **kwargs)
+        if checked is None:
+            return stream
+        budget, found = checked
+        arch = _estimate.architecture(_argument("model", where, args, kwargs))
+        return _watch(stream, budget, found, arch.kv_bytes_per_position)
+
+    return guarded
