@@ -11,7 +11,9 @@ tokens by the in-flight check (``_memguard``).
     prefill    = chunk * (vocab + intermediate) * dtype bytes
                  + chunk * positions * heads * dtype bytes   (attention scores,
                    one layer at a time), chunk = min(prompt, prefill_step_size)
-    estimate   = kv_bytes + prefill
+    growth     = (capacity - STEP) * kv_bytes_per_position / layers
+                 (the last growth copies one layer at a time: old + new buffer)
+    estimate   = kv_bytes + growth + prefill
 
 The architecture is read from the loaded modules, not from a table of model
 types: every layer's attention must expose ``n_kv_heads``/``head_dim`` (or
@@ -239,5 +241,8 @@ def estimate(
     size = arch.dtype_bytes
     prefill = chunk * (arch.vocab + arch.intermediate) * size
     prefill += chunk * prompt_tokens * arch.heads * size
-    total = kv_cache + prefill
+    # The last growth concatenates one layer at a time: its old buffer is
+    # alive next to the new one.
+    growth = (capacity - STEP) * arch.kv_bytes_per_position // max(arch.layers, 1)
+    total = kv_cache + max(growth, 0) + prefill
     return Estimate(total, kv_cache, prefill, prompt_tokens, positions, capacity)

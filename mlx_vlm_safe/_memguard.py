@@ -11,8 +11,8 @@ ladder's smaller ``max_tokens`` / ``prefill_step_size``) then goes through:
 2. In flight, every ``CHECK_EVERY`` tokens (never a syscall per token): the
    room left now, from the same sources, must hold what the next tokens will
    add (the next KV-cache step; where the architecture is unknown, twice the
-   largest growth seen between two checks, from mlx's active + cache memory
-   and the process's resident size). Otherwise ``MemoryError`` after the
+   largest growth seen between two checks, from mlx's active memory and the
+   process's resident size). Otherwise ``MemoryError`` after the
    tokens already yielded: a cut answer is never passed off as complete.
 """
 
@@ -45,17 +45,22 @@ def last_note() -> str | None:
 
 
 def _mlx_memory() -> int:
-    """mlx's active + cache memory (bytes); 0 where mlx cannot tell."""
+    """mlx's active memory (bytes); 0 where mlx cannot tell.
+
+    Active, not active + cache: a new generation often takes its buffers from
+    mlx's cache of freed ones (active grows, the sum does not), and the size
+    of what a generation takes is what predicts its next growth. What the
+    process holds in total is read from the system's sources at each check.
+    """
     mx = sys.modules.get("mlx.core")
-    total = 0
-    for name in ("get_active_memory", "get_cache_memory"):
-        fn = getattr(mx, name, None) or getattr(getattr(mx, "metal", None), name, None)
-        if callable(fn):
-            try:
-                total += int(fn())
-            except Exception:  # an old or odd backend: count nothing
-                continue
-    return total
+    name = "get_active_memory"
+    fn = getattr(mx, name, None) or getattr(getattr(mx, "metal", None), name, None)
+    if callable(fn):
+        try:
+            return int(fn())
+        except Exception:  # an old or odd backend: count nothing
+            return 0
+    return 0
 
 
 def _resident() -> int:
@@ -128,14 +133,17 @@ def preflight(
 
 def _watch(
     stream: Iterator[Any],
-    budget: _budget.Budget,
+    start: tuple[int, int],
     found: _estimate.Estimate | None,
-    per_position: int,
+    arch: _estimate.Architecture,
 ) -> Iterator[Any]:
-    """Pass items through; check the room every ``CHECK_EVERY`` items."""
+    """Pass items through; check the room every ``CHECK_EVERY`` items.
+
+    ``start`` is mlx's memory and the resident size before the release's
+    ``stream_generate`` was called (some releases prefill at call time).
+    """
     items = 0
     next_check = CHECK_EVERY
-    start = (_mlx_memory(), _resident())
     last = start
     jump = 0
     try:
@@ -147,7 +155,7 @@ def _watch(
                 growth = max(now[0] - last[0], now[1] - last[1])
                 jump = max(jump, growth)
                 last = now
-                _check(budget, found, per_position, items, jump, now, start)
+                _check(found, arch, items, jump, now, start)
             yield item
     finally:
         close = getattr(stream, "close", None)
@@ -156,29 +164,35 @@ def _watch(
 
 
 def _check(
-    budget: _budget.Budget,
     found: _estimate.Estimate | None,
-    per_position: int,
+    arch: _estimate.Architecture,
     items: int,
     jump: int,
     now: tuple[int, int],
     start: tuple[int, int],
 ) -> None:
-    if found is not None:
-        step = _estimate.STEP
-        here = found.prompt_tokens + items
-        ahead = here + CHECK_EVERY
-        need = (-(-ahead // step) - -(-here // step)) * step * per_position
-    else:
-        need = 2 * jump
     fresh = _budget.read_budget()
     if fresh is None or fresh.room is None:
         return
+    capped = fresh.source == "memory_limit"  # a per-generation cap on mlx's memory
+    if found is not None:
+        step, per_position = _estimate.STEP, arch.kv_bytes_per_position
+        here = -(-(found.prompt_tokens + items) // step) * step
+        ahead = -(-(found.prompt_tokens + items + CHECK_EVERY) // step) * step
+        need = 0
+        if ahead > here and capped:
+            # mlx's active memory: the new capacity, and one layer's old buffer
+            # alive next to its new one while it is copied.
+            need = (ahead - here) * per_position + here * per_position // arch.layers
+        elif ahead > here:
+            # The process: each layer's new buffer is allocated before the old
+            # one is freed, and mlx may keep the old one cached (mapped).
+            need = ahead * per_position
+    else:
+        need = 2 * jump  # no model of the next growth: twice the largest seen
     room = fresh.room
-    if fresh.source == "memory_limit":  # a per-generation cap: count our growth
-        room = fresh.sources["memory_limit"] - max(
-            now[0] - start[0], now[1] - start[1]
-        )
+    if capped:
+        room = fresh.sources["memory_limit"] - (now[0] - start[0])
     if need > room:
         raise MemoryError(
             f"generation stopped after {items} tokens: the next tokens need about "
@@ -203,11 +217,11 @@ def guard_stream(
         except Exception:  # the guard must never be why a call fails
             _log.warning("memory guard: pre-flight check failed", exc_info=True)
             checked = None
-        stream = original(*args, **kwargs)
         if checked is None:
-            return stream
-        budget, found = checked
+            return original(*args, **kwargs)
+        start = (_mlx_memory(), _resident())
+        stream = original(*args, **kwargs)
         arch = _estimate.architecture(_argument("model", where, args, kwargs))
-        return _watch(stream, budget, found, arch.kv_bytes_per_position)
+        return _watch(stream, start, checked[1], arch)
 
     return guarded

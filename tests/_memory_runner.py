@@ -12,7 +12,8 @@ the steps of ``PLAN`` run in order (``;``-separated):
 * ``once:N``: the same inside ``retries_disabled()``;
 * ``ladder:A,B``: ``configure(ladder=({"max_tokens": A}, {"max_tokens": B}))``;
 * ``stream:N``: iterate ``stream_generate(max_tokens=N)``, counting items;
-* ``unknown``: make the pre-flight estimate unknown (in-flight check only).
+* ``unknown``: make the pre-flight estimate unknown (in-flight check only);
+  ``known``: undo that.
 
 Each step prints one JSON line: ``{"step", "ok", "tokens", "error", "attempts"}``.
 ``MLX_VLM_SAFE_DISABLE=1`` in the environment runs mlx-vlm unpatched.
@@ -55,6 +56,9 @@ def main() -> None:
             return outcome.generation_tokens
         return int(getattr(result, "generation_tokens", -1))
 
+    from mlx_vlm_safe import _estimate
+
+    inspect_model = _estimate._inspect
     generate(8)
     soft = _address_space() + room
     resource.setrlimit(resource.RLIMIT_AS, (soft, resource.RLIM_INFINITY))
@@ -62,12 +66,14 @@ def main() -> None:
     for step in plan.split(";"):
         line: dict[str, object] = {"step": step, "ok": False}
         try:
-            if step == "unknown":
+            if step in ("unknown", "known"):
                 from mlx_vlm_safe import _estimate
 
                 unknown = _estimate.Architecture(reason="made unknown by the test")
                 _estimate._cache[:] = []
-                _estimate._inspect = lambda model: unknown
+                _estimate._inspect = (  # type: ignore[assignment]
+                    (lambda model: unknown) if step == "unknown" else inspect_model
+                )
                 line["ok"] = True
             elif step.startswith("ladder:"):
                 a, b = (int(v) for v in step[len("ladder:") :].split(","))
