@@ -64,7 +64,9 @@ def parse_size(value: object, name: str = "memory_limit") -> int | str | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be bytes, a size such as '512MB', 'auto' or 'off'")
+        raise ValueError(
+            f"{name} must be bytes, a size such as '512MB', 'auto' or 'off'"
+        )
     if isinstance(value, int):
         if value <= 0:
             raise ValueError(f"{name} must be > 0 bytes, got {value!r}")
@@ -81,8 +83,7 @@ def parse_size(value: object, name: str = "memory_limit") -> int | str | None:
             if size > 0:
                 return size
     raise ValueError(
-        f"{name} must be bytes, a size such as '512MB', 'auto' or 'off', "
-        f"got {value!r}"
+        f"{name} must be bytes, a size such as '512MB', 'auto' or 'off', got {value!r}"
     )
 
 
@@ -148,7 +149,9 @@ def configure_memory(changes: dict[str, object]) -> None:
             margin = raw
         else:
             parsed = parse_size(raw, "memory_margin")
-            margin = 0 if parsed == "off" else parsed if isinstance(parsed, int) else None
+            margin = (
+                0 if parsed == "off" else parsed if isinstance(parsed, int) else None
+            )
     with _config.lock:
         _config.settings = Settings(limit, margin)
 

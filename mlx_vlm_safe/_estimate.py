@@ -196,9 +196,40 @@ def _count_images(image: object) -> int:
     return len(image) if isinstance(image, list | tuple) else 1
 
 
+def _why_not(arch: Architecture, kwargs: Mapping[str, Any], max_tokens: object) -> str:
+    """Why no estimate can be made for this call ("" if it can)."""
+    if not arch.known:
+        return f"{arch.model_type}: {arch.reason}"
+    if kwargs.get("kv_bits") is not None:
+        return "a quantized KV cache (kv_bits) is not estimated"
+    if kwargs.get("prompt_cache") is not None:
+        return "a caller-supplied prompt_cache is not estimated"
+    if not _positive(max_tokens) and max_tokens != 0:
+        return "max_tokens unknown"
+    return ""
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _prompt_size(
+    arch: Architecture, processor: Any, prompt: object, image: object, kwargs: Any
+) -> int | str:
+    input_ids = kwargs.get("input_ids")
+    if input_ids is not None:
+        size = getattr(input_ids, "size", None)
+        return size if isinstance(size, int) else "input_ids of unknown size"
+    try:
+        counted = _prompt_tokens(processor, prompt, _count_images(image), arch)
+    except Exception as exc:  # tokenizers may reject odd input
+        return f"the prompt could not be tokenized ({type(exc).__name__})"
+    return "no tokenizer to count the prompt" if counted is None else counted
+
+
 def estimate(
     arch: Architecture,
-    model: Any,
+    *,
     processor: Any,
     prompt: object,
     image: object,
@@ -206,37 +237,22 @@ def estimate(
     max_tokens: object,
 ) -> Estimate | str:
     """The estimate for one call, or why none can be made."""
-    if not arch.known:
-        return f"{arch.model_type}: {arch.reason}"
-    if kwargs.get("kv_bits") is not None:
-        return "a quantized KV cache (kv_bits) is not estimated"
-    if kwargs.get("prompt_cache") is not None:
-        return "a caller-supplied prompt_cache is not estimated"
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-        return "max_tokens unknown"
-    images = _count_images(image)
-    input_ids = kwargs.get("input_ids")
-    if input_ids is not None:
-        prompt_tokens = getattr(input_ids, "size", None)
-        if not isinstance(prompt_tokens, int):
-            return "input_ids of unknown size"
-    else:
-        try:
-            counted = _prompt_tokens(processor, prompt, images, arch)
-        except Exception as exc:  # tokenizers may reject odd input
-            return f"the prompt could not be tokenized ({type(exc).__name__})"
-        if counted is None:
-            return "no tokenizer to count the prompt"
-        prompt_tokens = counted
+    why = _why_not(arch, kwargs, max_tokens)
+    if why:
+        return why
+    prompt_tokens = _prompt_size(arch, processor, prompt, image, kwargs)
+    if isinstance(prompt_tokens, str):
+        return prompt_tokens
+    assert isinstance(max_tokens, int)  # checked by _why_not
     positions = prompt_tokens + max_tokens
     max_kv = kwargs.get("max_kv_size")
-    if isinstance(max_kv, int) and not isinstance(max_kv, bool) and max_kv > 0:
+    if isinstance(max_kv, int) and _positive(max_kv):
         positions = min(positions, max_kv)
     capacity = -(-positions // STEP) * STEP
     kv_cache = capacity * arch.kv_bytes_per_position
     step = kwargs.get("prefill_step_size")
     chunk = prompt_tokens
-    if isinstance(step, int) and not isinstance(step, bool) and step > 0:
+    if isinstance(step, int) and _positive(step):
         chunk = min(chunk, step)
     size = arch.dtype_bytes
     prefill = chunk * (arch.vocab + arch.intermediate) * size

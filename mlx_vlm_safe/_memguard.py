@@ -45,7 +45,7 @@ def last_note() -> str | None:
 
 
 def _mlx_memory() -> int:
-    """mlx's active memory (bytes); 0 where mlx cannot tell.
+    """The active memory of mlx (bytes); 0 where mlx cannot tell.
 
     Active, not active + cache: a new generation often takes its buffers from
     mlx's cache of freed ones (active grows, the sum does not), and the size
@@ -61,6 +61,26 @@ def _mlx_memory() -> int:
         except Exception:  # an old or odd backend: count nothing
             return 0
     return 0
+
+
+def _freed_cache() -> bool:
+    """Return mlx's cache of freed buffers to the system; True if there was any.
+
+    A generation that failed or was stopped leaves its buffers there, still
+    mapped: before refusing a call for lack of room, give them back and look
+    again.
+    """
+    mx = sys.modules.get("mlx.core")
+    owner = mx if hasattr(mx, "clear_cache") else getattr(mx, "metal", None)
+    get_cache = getattr(owner, "get_cache_memory", None)
+    clear = getattr(owner, "clear_cache", None)
+    try:
+        if callable(get_cache) and callable(clear) and get_cache() > 0:
+            clear()
+            return True
+    except Exception:  # an old or odd backend: nothing freed
+        return False
+    return False
 
 
 def _resident() -> int:
@@ -104,12 +124,11 @@ def preflight(
     arch = _estimate.architecture(model)
     found = _estimate.estimate(
         arch,
-        model,
-        _argument("processor", where, args, kwargs),
-        _argument("prompt", where, args, kwargs),
-        _argument("image", where, args, kwargs),
-        kwargs,
-        max_tokens,
+        processor=_argument("processor", where, args, kwargs),
+        prompt=_argument("prompt", where, args, kwargs),
+        image=_argument("image", where, args, kwargs),
+        kwargs=kwargs,
+        max_tokens=max_tokens,
     )
     _notes["budget"] = f"{_budget.describe(budget)}"
     if isinstance(found, str):
@@ -119,7 +138,9 @@ def preflight(
         f"{arch.model_type}: {arch.kv_bytes_per_position} bytes of KV cache "
         "per position"
     )
-    if found.total > budget.room:
+    if found.total > budget.room and _freed_cache():
+        budget = _budget.read_budget() or budget
+    if budget.room is not None and found.total > budget.room:
         raise MemoryError(
             f"this generation needs about {_mib(found.total)} "
             f"(KV cache {_mib(found.kv_cache)} for {found.capacity} positions: "
@@ -155,7 +176,9 @@ def _watch(
                 growth = max(now[0] - last[0], now[1] - last[1])
                 jump = max(jump, growth)
                 last = now
-                _check(found, arch, items, jump, now, start)
+                _check(
+                    found=found, arch=arch, items=items, jump=jump, now=now, start=start
+                )
             yield item
     finally:
         close = getattr(stream, "close", None)
@@ -163,7 +186,38 @@ def _watch(
             close()
 
 
+def _need(
+    found: _estimate.Estimate | None,
+    arch: _estimate.Architecture,
+    items: int,
+    jump: int,
+    capped: bool,
+) -> int:
+    """What the next ``CHECK_EVERY`` tokens may add (bytes)."""
+    if found is None:
+        return 2 * jump  # no model of the next growth: twice the largest seen
+    step, per_position = _estimate.STEP, arch.kv_bytes_per_position
+    here = -(-(found.prompt_tokens + items) // step) * step
+    ahead = -(-(found.prompt_tokens + items + CHECK_EVERY) // step) * step
+    if ahead == here:
+        return 0
+    if capped:
+        # mlx's active memory: the new capacity, and one layer's old buffer
+        # alive next to its new one while it is copied.
+        return (ahead - here) * per_position + here * per_position // arch.layers
+    # The process: each layer's new buffer is allocated before the old one is
+    # freed, and mlx may keep the old one cached (mapped).
+    return ahead * per_position
+
+
+def _room(fresh: _budget.Budget, grown: int) -> int:
+    if fresh.source == "memory_limit":  # a per-generation cap on mlx's memory
+        return fresh.sources["memory_limit"] - grown
+    return fresh.room or 0
+
+
 def _check(
+    *,
     found: _estimate.Estimate | None,
     arch: _estimate.Architecture,
     items: int,
@@ -174,25 +228,11 @@ def _check(
     fresh = _budget.read_budget()
     if fresh is None or fresh.room is None:
         return
-    capped = fresh.source == "memory_limit"  # a per-generation cap on mlx's memory
-    if found is not None:
-        step, per_position = _estimate.STEP, arch.kv_bytes_per_position
-        here = -(-(found.prompt_tokens + items) // step) * step
-        ahead = -(-(found.prompt_tokens + items + CHECK_EVERY) // step) * step
-        need = 0
-        if ahead > here and capped:
-            # mlx's active memory: the new capacity, and one layer's old buffer
-            # alive next to its new one while it is copied.
-            need = (ahead - here) * per_position + here * per_position // arch.layers
-        elif ahead > here:
-            # The process: each layer's new buffer is allocated before the old
-            # one is freed, and mlx may keep the old one cached (mapped).
-            need = ahead * per_position
-    else:
-        need = 2 * jump  # no model of the next growth: twice the largest seen
-    room = fresh.room
-    if capped:
-        room = fresh.sources["memory_limit"] - (now[0] - start[0])
+    need = _need(found, arch, items, jump, fresh.source == "memory_limit")
+    room = _room(fresh, now[0] - start[0])
+    if need > room and _freed_cache():
+        fresh = _budget.read_budget() or fresh
+        room = _room(fresh, now[0] - start[0])
     if need > room:
         raise MemoryError(
             f"generation stopped after {items} tokens: the next tokens need about "

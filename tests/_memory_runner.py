@@ -32,7 +32,7 @@ def _address_space() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0915 - one flat script, steps read in order
     checkpoint, room, plan = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     import mlx_vlm
 
@@ -72,14 +72,14 @@ def main() -> None:
                 unknown = _estimate.Architecture(reason="made unknown by the test")
                 _estimate._cache[:] = []
                 _estimate._inspect = (  # type: ignore[assignment]
-                    (lambda model: unknown) if step == "unknown" else inspect_model
+                    (lambda model, found=unknown: found)
+                    if step == "unknown"
+                    else inspect_model
                 )
                 line["ok"] = True
             elif step.startswith("ladder:"):
                 a, b = (int(v) for v in step[len("ladder:") :].split(","))
-                mlx_vlm_safe.configure(
-                    ladder=({"max_tokens": a}, {"max_tokens": b})
-                )
+                mlx_vlm_safe.configure(ladder=({"max_tokens": a}, {"max_tokens": b}))
                 line["ok"] = True
             elif step.startswith("once:"):
                 with mlx_vlm_safe.retries_disabled():

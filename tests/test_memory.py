@@ -159,7 +159,12 @@ def _estimate_for(tiny: Any, tokens: int) -> _estimate.Estimate:
     arch = _estimate.architecture(tiny.model)
     assert arch.known, arch.reason
     found = _estimate.estimate(
-        arch, tiny.model, tiny.processor, tiny.prompt, tiny.image, {}, tokens
+        arch,
+        processor=tiny.processor,
+        prompt=tiny.prompt,
+        image=tiny.image,
+        kwargs={},
+        max_tokens=tokens,
     )
     assert isinstance(found, _estimate.Estimate), found
     return found
