@@ -13,6 +13,8 @@ on a shared machine are noisy (noise only ever adds time):
 1. End-to-end tokens/s of ``generate()`` on the tiny checkpoint, 128 tokens,
    patched / unpatched: the median of per-pair ratios over interleaved pairs
    (the order alternates within pairs, so drift hits both alike).
+   1b. The same with the memory guard on / off (both patched); alone with
+   ``--memory-guard``.
 2. Per-call overhead of the patched ``generate()`` around a stub stream (no
    model): the code of the release's own ``stream_generate`` is swapped for
    one that yields a single result, so the unpatched and the patched
@@ -141,6 +143,48 @@ def end_to_end(tiny: Tiny, pairs: int, tokens: int) -> None:
         f"{statistics.median(off):.0f} tok/s (medians); pair ratios "
         f"{min(ratios):.3f}-{max(ratios):.3f}; best run patched / best run "
         f"unpatched {max(on) / max(off):.3f} (load only ever slows a run down)"
+    )
+
+
+def memory_guard(tiny: Tiny, pairs: int, tokens: int) -> None:
+    """Median guard-on / guard-off ratio of patched tokens/s, interleaved pairs.
+
+    Both sides are patched; "off" is ``configure(memory_limit="off")``, so the
+    ratio is the guard alone: the pre-flight budget and estimate, and the
+    in-flight check every ``CHECK_EVERY`` tokens.
+    """
+    set_patched(True)
+
+    def guard(on: bool) -> None:
+        mlx_vlm_safe.configure(memory_limit=None if on else "off")
+
+    for on in (True, False):  # warm both paths
+        guard(on)
+        tokens_per_second(tiny, tokens)
+    ratios, with_guard, without = [], [], []
+    for i in range(pairs):
+        speeds = {}
+        for on in (True, False) if i % 2 == 0 else (False, True):
+            guard(on)
+            gc.collect()
+            speeds[on] = tokens_per_second(tiny, tokens)
+        with_guard.append(speeds[True])
+        without.append(speeds[False])
+        ratios.append(speeds[True] / speeds[False])
+    guard(True)
+    ratio = statistics.median(ratios)
+    print(f"1b. memory guard, {tokens} tokens, median of {pairs} interleaved pairs")
+    row(
+        "generate() tokens/s, guard on / guard off",
+        ratio,
+        "x",
+        ">= 0.99",
+        ratio >= 0.99,
+    )
+    print(
+        f"     guard on {statistics.median(with_guard):.0f} tok/s, off "
+        f"{statistics.median(without):.0f} tok/s (medians); pair ratios "
+        f"{min(ratios):.3f}-{max(ratios):.3f}"
     )
 
 
@@ -301,6 +345,11 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=41, help="end-to-end pairs")
     parser.add_argument("--rounds", type=int, default=15, help="per-call rounds")
     parser.add_argument("--imports", type=int, default=21, help="import runs")
+    parser.add_argument(
+        "--memory-guard",
+        action="store_true",
+        help="only the memory guard's cost (1b), guard on / off",
+    )
     args = parser.parse_args()
     if mlx_vlm_safe.is_testing():
         print("set_testing() is on: the figures would not be representative")
@@ -315,7 +364,12 @@ def main() -> int:
     )
     print("one run; each figure next to its floor\n")
     tiny = load_tiny()
+    if args.memory_guard:
+        memory_guard(tiny, args.pairs, 128)
+        print(f"\nmisses: {', '.join(MISSES) if MISSES else 'none'}")
+        return 0
     end_to_end(tiny, args.pairs, 128)
+    memory_guard(tiny, args.pairs, 128)
     per_call(tiny, args.rounds, 5_000)
     import_cost(args.imports)
     apply_cost(31)

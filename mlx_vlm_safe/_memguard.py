@@ -193,12 +193,17 @@ def _need(
     jump: int,
     capped: bool,
 ) -> int:
-    """What the next ``CHECK_EVERY`` tokens may add (bytes)."""
+    """What the tokens until after the next check may add (bytes)."""
     if found is None:
         return 2 * jump  # no model of the next growth: twice the largest seen
     step, per_position = _estimate.STEP, arch.kv_bytes_per_position
-    here = -(-(found.prompt_tokens + items) // step) * step
-    ahead = -(-(found.prompt_tokens + items + CHECK_EVERY) // step) * step
+    here = found.prompt_tokens + items
+    # Two intervals ahead: the prompt count may be a few tokens short (the
+    # processor adds tokens of its own), and a growth must not slip between
+    # two checks; never past the call's own end (plus that slack).
+    ahead = min(here + 2 * CHECK_EVERY, found.positions + CHECK_EVERY)
+    here = -(-here // step) * step
+    ahead = -(-ahead // step) * step
     if ahead == here:
         return 0
     if capped:
