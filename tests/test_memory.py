@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import mlx_vlm_safe
 from mlx_vlm_safe import _budget, _estimate, _memguard
 from mlx_vlm_safe._classify import Verdict, classify
+from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
 
 from .conftest import Tiny
@@ -211,28 +212,34 @@ def test_refused_before_any_allocation_naming_both_numbers(
 
 
 @pytest.mark.model
-def test_the_default_ladder_gets_its_chance(tiny: Any, mlx_vlm: Any) -> None:
-    """1000 tokens do not fit, the ladder's 512 neither; 256 does.
+def test_the_ladder_gets_its_chance(tiny: Any, mlx_vlm: Any, release: Release) -> None:
+    """4000 tokens do not fit, the ladder's 2000 neither; 100 do.
 
-    The limit lies between what 256 tokens really take (measured) and what
-    512 are estimated to take.
+    The limit lies halfway between what 100 tokens really take (measured) and
+    what 2000 are estimated to take (steps far apart: the tiny model's
+    figures are small next to the estimate's tolerance).
     """
     mlx_vlm_safe.configure(memory_limit="off")
-    _, peak_256 = _peak_of(lambda: tiny.call(mlx_vlm.generate, max_tokens=256))
-    needed_512 = _estimate_for(tiny, 512).total
-    assert peak_256 < needed_512
-    limit = (peak_256 + needed_512) // 2
-    mlx_vlm_safe.configure(memory_limit=limit, wait_base=0.0, wait_max=0.0)
-    result = tiny.call(mlx_vlm.generate, max_tokens=1000)
+    _, peak_100 = _peak_of(lambda: tiny.call(mlx_vlm.generate, max_tokens=100))
+    needed_2000 = _estimate_for(tiny, 2000).total
+    assert peak_100 < needed_2000
+    mlx_vlm_safe.configure(
+        memory_limit=(peak_100 + needed_2000) // 2,
+        ladder=({"max_tokens": 2000}, {"max_tokens": 100}),
+        wait_base=0.0,
+        wait_max=0.0,
+    )
+    result = tiny.call(mlx_vlm.generate, max_tokens=4000)
     attempts = mlx_vlm_safe.last_attempts()
     assert [(a.error_type, dict(a.changes)) for a in attempts] == [
         ("MemoryError", {}),
-        ("MemoryError", {"max_tokens": 512}),
-        (None, {"max_tokens": 256}),
+        ("MemoryError", {"max_tokens": 2000}),
+        (None, {"max_tokens": 100}),
     ]
     outcome = mlx_vlm_safe.last_outcome()
     assert outcome is not None
-    assert outcome.generation_tokens == 256
+    # 0.1.7-0.1.9 drop max_tokens (always 256): the guard judges what was asked.
+    assert outcome.generation_tokens == release.tokens_for(100)
     assert result is not None
 
 
@@ -267,15 +274,19 @@ def test_report_says_whether_the_estimate_was_made(tiny: Any, mlx_vlm: Any) -> N
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
-    words=st.integers(1, 60),
-    max_tokens=st.integers(1, 300),
-    budget=st.integers(32 * 2**10, 600 * 2**10),
+    case=st.tuples(
+        st.integers(1, 60),  # prompt words
+        st.integers(1, 300),  # max_tokens
+        st.integers(32 * 2**10, 600 * 2**10),  # budget (memory_limit)
+    )
 )
 def test_refuses_only_what_does_not_fit(
-    tiny: Any, mlx_vlm: Any, words: int, max_tokens: int, budget: int
+    tiny: Any, mlx_vlm: Any, release: Release, case: tuple[int, int, int]
 ) -> None:
     """Never a MemoryError for a call whose measured peak fits the budget;
     a call let through never overshoots it by more than the tolerance."""
+    words, max_tokens, budget = case
+    max_tokens = release.tokens_for(max_tokens)  # 0.1.7-0.1.9: always 256
     prompt = tiny_prompt(tiny.processor, tiny.model.config, " word" * words)
     mlx_vlm_safe.configure(memory_limit="off")
 
