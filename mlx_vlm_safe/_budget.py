@@ -23,6 +23,7 @@ import os
 import re
 import resource
 import threading
+import time
 from collections.abc import Mapping
 
 __all__ = [
@@ -176,10 +177,18 @@ class Budget:
     margin: int
 
 
+def _read(path: str, size: int) -> bytes:
+    """The first ``size`` bytes of a small file (os-level: ~3x cheaper)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _read_int(path: str) -> int | None:
     try:
-        with open(path, "rb") as f:
-            text = f.read(64).strip()
+        text = _read(path, 64).strip()
     except OSError:
         return None
     if not text or text == b"max":
@@ -228,10 +237,9 @@ def _cgroup_paths() -> tuple[str, str] | None:
 
 def _meminfo_available() -> int | None:
     try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        for line in _read("/proc/meminfo", 512).splitlines():
+            if line.startswith(b"MemAvailable:"):
+                return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
@@ -240,11 +248,23 @@ def _meminfo_available() -> int | None:
 def address_space() -> tuple[int, int] | None:
     """``(size, resident)`` of this process in bytes (``/proc/self/statm``)."""
     try:
-        with open("/proc/self/statm", "rb") as f:
-            fields = f.read(128).split()
+        fields = _read("/proc/self/statm", 128).split()
         return int(fields[0]) * _PAGE, int(fields[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
+
+
+#: The cgroup limit changes rarely: read it at most once a second.
+_limit_read: list[tuple[float, int | None]] = []
+
+
+def _cgroup_limit(path: str) -> int | None:
+    now = time.monotonic()
+    if _limit_read and now - _limit_read[0][0] < 1.0:
+        return _limit_read[0][1]
+    limit = _read_int(path)
+    _limit_read[:] = [(now, limit)]
+    return limit
 
 
 def system_room() -> dict[str, int]:
@@ -252,10 +272,12 @@ def system_room() -> dict[str, int]:
     rooms: dict[str, int] = {}
     paths = _cgroup_paths()
     if paths is not None:
-        limit, usage = _read_int(paths[0]), _read_int(paths[1])
+        limit = _cgroup_limit(paths[0])
         # v1 reports "no limit" as a huge number: ignore anything past 2**60.
-        if limit is not None and usage is not None and limit < 2**60:
-            rooms["cgroup"] = limit - usage
+        if limit is not None and limit < 2**60:
+            usage = _read_int(paths[1])
+            if usage is not None:
+                rooms["cgroup"] = limit - usage
     available = _meminfo_available()
     if available is not None:
         rooms["MemAvailable"] = available

@@ -31,7 +31,7 @@ __all__ = ["CHECK_EVERY", "guard_stream", "last_note"]
 _log = logging.getLogger("mlx_vlm_safe")
 
 #: Tokens between two in-flight checks.
-CHECK_EVERY = 16
+CHECK_EVERY = 32
 _NAMES = ("model", "processor", "prompt", "image")
 #: What the guard last decided, for ``report()``: budget and estimate notes.
 _notes: dict[str, str] = {}
@@ -172,7 +172,8 @@ def _watch(
             items += 1
             if items >= next_check:
                 next_check += CHECK_EVERY
-                now = (_mlx_memory(), _resident())
+                # The resident size only feeds ``jump`` (no estimate).
+                now = (_mlx_memory(), _resident() if found is None else 0)
                 growth = max(now[0] - last[0], now[1] - last[1])
                 jump = max(jump, growth)
                 last = now
@@ -264,7 +265,7 @@ def guard_stream(
             checked = None
         if checked is None:
             return original(*args, **kwargs)
-        start = (_mlx_memory(), _resident())
+        start = (_mlx_memory(), _resident() if checked[1] is None else 0)
         stream = original(*args, **kwargs)
         arch = _estimate.architecture(_argument("model", where, args, kwargs))
         return _watch(stream, start, checked[1], arch)
