@@ -178,13 +178,13 @@ def configure(**changes: object) -> RetryPolicy:
     """
     from ._budget import configure_memory
 
-    configure_memory(changes)  # takes its own keys out of ``changes``
-    unknown = sorted(set(changes) - _FIELDS)
+    unknown = sorted(set(changes) - _FIELDS - _MEMORY_FIELDS)
     if unknown:
         raise TypeError(
             f"unknown retry setting(s): {', '.join(unknown)}; "
             f"known: {', '.join(sorted(_FIELDS | _MEMORY_FIELDS))}"
         )
+    configure_memory(changes)  # takes its own keys out of ``changes``
     if not changes:
         return get_policy()
     with _config.lock:
