@@ -313,3 +313,17 @@ def test_refuses_only_what_does_not_fit(
 
 def test_checks_are_amortised() -> None:
     assert _memguard.CHECK_EVERY >= 16
+
+
+def test_doctor_shows_the_budget() -> None:
+    from mlx_vlm_safe import _doctor
+
+    mlx_vlm_safe.configure(memory_limit="64MiB", memory_margin=0)
+    shown = _doctor._memory()
+    assert shown["guard"] == "on"
+    assert shown["sources"]["memory_limit"] == 64 * 2**20
+    assert shown["budget"] <= 64 * 2**20
+    assert "64.0 MiB" in shown["summary"]
+    mlx_vlm_safe.configure(memory_limit="off")
+    shown = _doctor._memory()
+    assert (shown["guard"], shown["budget"], shown["summary"]) == ("off", None, "off")
