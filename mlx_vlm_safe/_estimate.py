@@ -7,10 +7,11 @@ tokens by the in-flight check (``_memguard``).
 
     positions  = prompt tokens + max_tokens         (capped at max_kv_size)
     capacity   = ceil(positions / STEP) * STEP      (KVCache grows by STEP=256)
-    kv_bytes   = capacity * layers * 2 * kv_heads * head_dim * dtype bytes
+    kv_bytes   = capacity * sum over layers of 2 * kv_heads * head_dim * dtype bytes
     prefill    = chunk * (vocab + intermediate) * dtype bytes
-                 + chunk * positions * heads * dtype bytes   (attention scores,
-                   one layer at a time), chunk = min(prompt, prefill_step_size)
+                 + chunk * prompt tokens * heads * dtype bytes   (attention
+                   scores, one layer at a time), chunk = min(prompt,
+                   prefill_step_size)
     growth     = (capacity - STEP) * kv_bytes_per_position / layers
                  (the last growth copies one layer at a time: old + new buffer)
     estimate   = kv_bytes + growth + prefill
