@@ -13,11 +13,15 @@ on a shared machine are noisy (noise only ever adds time):
 1. End-to-end tokens/s of ``generate()`` on the tiny checkpoint, 128 tokens,
    patched / unpatched: the median of per-pair ratios over interleaved pairs
    (the order alternates within pairs, so drift hits both alike).
+   1b. The same with the memory guard on / off (both patched); alone with
+   ``--memory-guard``.
 2. Per-call overhead of the patched ``generate()`` around a stub stream (no
    model): the code of the release's own ``stream_generate`` is swapped for
    one that yields a single result, so the unpatched and the patched
    ``generate()`` do the same work and differ only by our layers; best of
-   interleaved rounds, patched minus unpatched.
+   interleaved rounds, patched minus unpatched (memory guard off).
+   2b. The memory guard's pre-flight per call, the same way (guard on minus
+   off), against 1 % of a real 128-token call.
 3. ``import mlx_vlm_safe`` in a fresh interpreter with mlx-vlm installed but
    not imported: the cumulative ``-X importtime`` figure (median), the wall
    time against a bare interpreter (median of paired runs), and whether mlx
@@ -144,6 +148,48 @@ def end_to_end(tiny: Tiny, pairs: int, tokens: int) -> None:
     )
 
 
+def memory_guard(tiny: Tiny, pairs: int, tokens: int) -> None:
+    """Median guard-on / guard-off ratio of patched tokens/s, interleaved pairs.
+
+    Both sides are patched; "off" is ``configure(memory_limit="off")``, so the
+    ratio is the guard alone: the pre-flight budget and estimate, and the
+    in-flight check every ``CHECK_EVERY`` tokens.
+    """
+    set_patched(True)
+
+    def guard(on: bool) -> None:
+        mlx_vlm_safe.configure(memory_limit=None if on else "off")
+
+    for on in (True, False):  # warm both paths
+        guard(on)
+        tokens_per_second(tiny, tokens)
+    ratios, with_guard, without = [], [], []
+    for i in range(pairs):
+        speeds = {}
+        for on in (True, False) if i % 2 == 0 else (False, True):
+            guard(on)
+            gc.collect()
+            speeds[on] = tokens_per_second(tiny, tokens)
+        with_guard.append(speeds[True])
+        without.append(speeds[False])
+        ratios.append(speeds[True] / speeds[False])
+    guard(True)
+    ratio = statistics.median(ratios)
+    print(f"1b. memory guard, {tokens} tokens, median of {pairs} interleaved pairs")
+    row(
+        "generate() tokens/s, guard on / guard off",
+        ratio,
+        "x",
+        ">= 0.99",
+        ratio >= 0.99,
+    )
+    print(
+        f"     guard on {statistics.median(with_guard):.0f} tok/s, off "
+        f"{statistics.median(without):.0f} tok/s (medians); pair ratios "
+        f"{min(ratios):.3f}-{max(ratios):.3f}"
+    )
+
+
 # --------------------------------------------------------------- 2. per call
 
 
@@ -172,8 +218,13 @@ def stub_stream() -> Iterator[None]:
 
 
 def per_call(tiny: Tiny, rounds: int, number: int) -> None:
-    """Best-of-rounds per call, patched minus unpatched, in microseconds."""
+    """Best-of-rounds per call, patched minus unpatched, in microseconds.
+
+    The memory guard is off here (its cost is figure 2b): this figure is the
+    wrappers' own.
+    """
     best = {True: float("inf"), False: float("inf")}
+    mlx_vlm_safe.configure(memory_limit="off")
     with stub_stream():
         for i in range(rounds):
             for patched in (True, False) if i % 2 == 0 else (False, True):
@@ -182,10 +233,47 @@ def per_call(tiny: Tiny, rounds: int, number: int) -> None:
                 call()  # the result must come back through every layer
                 seconds = timeit.Timer(call).timeit(number)
                 best[patched] = min(best[patched], seconds / number * 1e6)
+    mlx_vlm_safe.configure(memory_limit=None)
     overhead = best[True] - best[False]
     print(f"\n2. per call around a stub stream, best of {rounds} rounds x {number}")
     row("patched generate() overhead", overhead, "us", "<= 1.5", overhead <= 1.5)
     print(f"     unpatched {best[False]:.2f} us/call, patched {best[True]:.2f} us/call")
+
+
+def guard_per_call(tiny: Tiny, rounds: int, number: int) -> None:
+    """The memory guard's pre-flight per call (patched, guard on minus off).
+
+    Around the stub stream, so it is the budget read, the model's figures
+    (cached) and counting the prompt's tokens; the floor is 1 % of one real
+    128-token ``generate()`` on the tiny checkpoint (best of 5), the smallest
+    real call the end-to-end figure measures.
+    """
+    set_patched(True)
+    real = min(1e6 / tokens_per_second(tiny, 128) * 128 for _ in range(5))
+    best = {True: float("inf"), False: float("inf")}
+    with stub_stream():
+        for i in range(rounds):
+            for on in (True, False) if i % 2 == 0 else (False, True):
+                mlx_vlm_safe.configure(memory_limit=None if on else "off")
+                call = _caller(tiny)
+                call()
+                seconds = timeit.Timer(call).timeit(number)
+                best[on] = min(best[on], seconds / number * 1e6)
+    mlx_vlm_safe.configure(memory_limit=None)
+    cost = best[True] - best[False]
+    floor = real / 100
+    print(f"\n2b. memory guard per call, best of {rounds} rounds x {number}")
+    row(
+        "pre-flight check per generate() call",
+        cost,
+        "us",
+        f"<= {floor:.0f}",
+        cost <= floor,
+    )
+    print(
+        f"     {100 * cost / real:.3f} % of a real 128-token call "
+        f"({real / 1e3:.1f} ms); plus one budget read every 32 tokens in flight"
+    )
 
 
 def _caller(tiny: Tiny) -> Callable[[], Any]:
@@ -301,6 +389,11 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=41, help="end-to-end pairs")
     parser.add_argument("--rounds", type=int, default=15, help="per-call rounds")
     parser.add_argument("--imports", type=int, default=21, help="import runs")
+    parser.add_argument(
+        "--memory-guard",
+        action="store_true",
+        help="only the memory guard's cost (1b), guard on / off",
+    )
     args = parser.parse_args()
     if mlx_vlm_safe.is_testing():
         print("set_testing() is on: the figures would not be representative")
@@ -315,8 +408,15 @@ def main() -> int:
     )
     print("one run; each figure next to its floor\n")
     tiny = load_tiny()
+    if args.memory_guard:
+        memory_guard(tiny, args.pairs, 128)
+        guard_per_call(tiny, args.rounds, 500)
+        print(f"\nmisses: {', '.join(MISSES) if MISSES else 'none'}")
+        return 0
     end_to_end(tiny, args.pairs, 128)
+    memory_guard(tiny, args.pairs, 128)
     per_call(tiny, args.rounds, 5_000)
+    guard_per_call(tiny, args.rounds, 500)
     import_cost(args.imports)
     apply_cost(31)
     print(f"\nmisses: {', '.join(MISSES) if MISSES else 'none'}")

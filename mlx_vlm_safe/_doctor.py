@@ -44,6 +44,11 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
   hook or ``null``), ``disable_variable`` (raw ``MLX_VLM_SAFE_DISABLE``)
 * ``affected`` (bool or ``null``), ``verdicts`` (list of sentences),
   ``warnings`` (list)
+* ``memory``: the memory guard: ``guard`` (``"on"``/``"off"``),
+  ``limit_variable`` (raw ``MLX_VLM_SAFE_MEMORY_LIMIT``), ``budget`` (bytes a
+  generation may add now, after ``margin``), ``source`` (the tightest),
+  ``sources`` (room per source: ``cgroup``, ``MemAvailable``, ``RLIMIT_AS``,
+  ``memory_limit``), ``margin``, ``summary``
 * ``live``: ``null`` without ``--live``, else ``{ok, tokens, text,
   finish_reason, seconds, error, worker_thread_same}``: the same greedy call
   runs on this thread, then on a worker thread, and ``ok`` needs both
@@ -170,6 +175,7 @@ class Diagnosis:
     verdicts: tuple[str, ...]
     warnings: tuple[str, ...]
     live: Live | None
+    memory: dict[str, Any] | None = None  # the memory guard's budget (_budget)
 
 
 def _describe(exc: BaseException) -> str:
@@ -493,7 +499,25 @@ def collect(*, live: bool = False) -> Diagnosis:
         verdicts=tuple(verdicts),
         warnings=tuple(warnings + list(f.patch.warnings)),
         live=f.live,
+        memory=_memory(),
     )
+
+
+def _memory() -> dict[str, Any]:
+    """The memory guard's settings and the budget a generation would get now."""
+    from . import _budget
+
+    settings = _budget.settings()
+    budget = _budget.read_budget(settings)
+    return {
+        "limit_variable": os.environ.get(_budget.LIMIT_VARIABLE),
+        "guard": "off" if budget is None else "on",
+        "budget": None if budget is None else budget.room,
+        "source": None if budget is None else budget.source,
+        "sources": {} if budget is None else dict(budget.sources),
+        "margin": None if budget is None else budget.margin,
+        "summary": _budget.describe(budget),
+    }
 
 
 def run(*, as_json: bool = False, live: bool = False, out: TextIO | None = None) -> int:

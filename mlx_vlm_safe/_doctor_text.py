@@ -81,6 +81,8 @@ def render(d: Diagnosis) -> str:
         _row("autopatch", f"{AUTOPATCH} {variable}"),
         _row(".pth hook", a.pth or "not installed (a checkout; use mlx-vlm-safe run)"),
     ]
+    if d.memory is not None:
+        out.append(_row("memory guard", d.memory["summary"]))
     if d.live is not None:
         lv = d.live
         result = (

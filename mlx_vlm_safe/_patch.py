@@ -30,6 +30,7 @@ from types import ModuleType
 from . import _activate, _env, _hook
 from ._detokenizer import probe_detokenizer
 from ._layout import Located, locate
+from ._memguard import last_note
 from ._probe import Probe, probe_empty_stream, probe_result_shape, probe_wired_limit
 from ._report import Fix, Report, Status
 from ._results import build_result
@@ -438,4 +439,5 @@ def report(*, inventory: bool = True) -> Report:
         fixes=fixes,
         unreachable=unreachable(originals) if inventory else (),
         warnings=warnings,
+        memory=last_note(),
     )

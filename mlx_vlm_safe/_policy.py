@@ -92,6 +92,7 @@ _CHECKS: dict[str, Callable[[str, object], object]] = {
     "hooks": V.checked_hooks,
 }
 _FIELDS = frozenset(f.name for f in fields(RetryPolicy))
+_MEMORY_FIELDS = frozenset({"memory_limit", "memory_margin"})
 
 # --- environment -------------------------------------------------------------
 
@@ -169,13 +170,23 @@ def get_policy() -> RetryPolicy:
 
 
 def configure(**changes: object) -> RetryPolicy:
-    """Change fields of the process-wide default policy; return the new one."""
-    unknown = sorted(set(changes) - _FIELDS)
+    """Change fields of the process-wide default policy; return the new one.
+
+    Also takes the memory guard's settings (see ``_budget``): ``memory_limit``
+    (``None``/``"auto"``: the system's limits; ``"off"``; or bytes, ``"512MB"``:
+    what one generation may add) and ``memory_margin`` (bytes kept free).
+    """
+    from ._budget import configure_memory
+
+    unknown = sorted(set(changes) - _FIELDS - _MEMORY_FIELDS)
     if unknown:
         raise TypeError(
             f"unknown retry setting(s): {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(_FIELDS))}"
+            f"known: {', '.join(sorted(_FIELDS | _MEMORY_FIELDS))}"
         )
+    configure_memory(changes)  # takes its own keys out of ``changes``
+    if not changes:
+        return get_policy()
     with _config.lock:
         policy = replace(_current_locked(), **changes)  # type: ignore[arg-type]
         _config.policy = policy
@@ -184,6 +195,9 @@ def configure(**changes: object) -> RetryPolicy:
 
 def reset_config() -> None:
     """Forget ``configure()`` changes; the environment is read again on next use."""
+    from ._budget import reset_memory
+
+    reset_memory()
     with _config.lock:
         _config.policy = None
 

@@ -52,6 +52,10 @@ class Report:
             an original function (captured before the patch). Those calls get
             the root-cause fixes but not the None-safe result or the retries.
         warnings: human-readable notes (unknown release, failed probes ...).
+        memory: the memory guard's last decision: the budget and its tightest
+            source, and whether the pre-flight estimate could be made for the
+            last model (or why not: then only the in-flight check guards it);
+            ``None`` before the first generation.
 
     """
 
@@ -66,6 +70,7 @@ class Report:
     fixes: tuple[Fix, ...] = ()
     unreachable: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    memory: str | None = None
 
     @property
     def active(self) -> bool:

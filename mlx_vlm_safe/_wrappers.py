@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from ._detokenizer import isolating
+from ._memguard import guard_stream
 from ._results import INCOMPLETE, ZERO_TOKENS_END, empty_result, ran_out, text_end
 from ._state import IDLE, STATE, record_end
 from ._threads import arm, per_thread
@@ -218,7 +219,9 @@ def wrap_stream_generate(
     default_max_tokens = behaviour.default_max_tokens
     empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
     zero_item = ran_out(behaviour.empty_item)
-    run = isolating(original) if behaviour.shared_detokenizer else original
+    run = guard_stream(original, default_max_tokens)  # memory guard (_memguard)
+    if behaviour.shared_detokenizer:  # outermost: it swaps the processor argument
+        run = isolating(run)
 
     def observed(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)

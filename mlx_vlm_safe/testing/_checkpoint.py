@@ -24,6 +24,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ _VISION = {
     "patch_size": 8,
 }
 _IMAGE_TOKENS = (_VISION["image_size"] // _VISION["patch_size"]) ** 2  # 16
-_PROJ = _TEXT["hidden_size"]
 # 0.02 (the usual init) makes greedy decoding repeat one token forever; 0.2
 # gives varied pseudo-words, which makes the decoded text non-trivial.
 _STD = 0.2
@@ -112,21 +112,33 @@ def default_cache_dir() -> pathlib.Path:
     return base / "mlx_vlm_safe"
 
 
-def _checkpoint_name(seed: int, dtype: str) -> str:
-    return f"tiny-paligemma-v{FORMAT_VERSION}-s{seed}-{dtype}"
+def _checkpoint_name(seed: int, dtype: str, text: Mapping[str, int]) -> str:
+    name = f"tiny-paligemma-v{FORMAT_VERSION}-s{seed}-{dtype}"
+    if dict(text) == _TEXT:
+        return name
+    digest = hashlib.sha256(json.dumps(dict(text), sort_keys=True).encode())
+    return f"{name}-t{digest.hexdigest()[:10]}"
 
 
-def _marker_payload(seed: int, dtype: str) -> str:
-    info = {"format_version": FORMAT_VERSION, "seed": seed, "dtype": dtype}
+def _marker_payload(seed: int, dtype: str, text: Mapping[str, int]) -> str:
+    info: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "dtype": dtype,
+    }
+    if dict(text) != _TEXT:
+        info["text"] = dict(text)
     return json.dumps(info, sort_keys=True) + "\n"
 
 
-def _is_complete(path: pathlib.Path, seed: int, dtype: str) -> bool:
+def _is_complete(
+    path: pathlib.Path, seed: int, dtype: str, text: Mapping[str, int]
+) -> bool:
     try:
         marker = (path / _MARKER).read_text(encoding="utf-8")
     except OSError:
         return False
-    if marker != _marker_payload(seed, dtype):
+    if marker != _marker_payload(seed, dtype, text):
         return False
     return all((path / name).is_file() for name in _FILES)
 
@@ -143,10 +155,10 @@ def _write_json(path: pathlib.Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _configs(dtype: str) -> dict[str, Any]:
+def _configs(dtype: str, text: Mapping[str, int]) -> dict[str, Any]:
     text_config = {
         "model_type": "gemma",
-        **_TEXT,
+        **text,
         "vocab_size": _VOCAB,
         "hidden_activation": "gelu_pytorch_tanh",
         "hidden_act": "gelu_pytorch_tanh",
@@ -158,7 +170,7 @@ def _configs(dtype: str) -> dict[str, Any]:
     vision_config = {
         "model_type": "siglip_vision_model",
         **_VISION,
-        "projection_dim": _PROJ,
+        "projection_dim": text["hidden_size"],
         "num_channels": 3,
         "layer_norm_eps": 1e-6,
     }
@@ -167,8 +179,8 @@ def _configs(dtype: str) -> dict[str, Any]:
         "model_type": "paligemma",
         # mlx-vlm scales image features by the top-level hidden_size (its
         # default is 2048), so it must match the text model.
-        "hidden_size": _TEXT["hidden_size"],
-        "projection_dim": _PROJ,
+        "hidden_size": text["hidden_size"],
+        "projection_dim": text["hidden_size"],
         "vocab_size": _VOCAB,
         "image_token_index": _IMAGE_ID,
         "pad_token_id": _PAD_ID,
@@ -287,7 +299,7 @@ def _build_tokenizer(seed: int) -> Any:
     return tok
 
 
-def _weight_shapes() -> dict[str, tuple[int, ...]]:
+def _weight_shapes(text: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     """MLX names and layouts, as ``mlx_vlm.convert`` writes them.
 
     Writing the already-converted layout (conv weight O,kH,kW,I) means every
@@ -314,16 +326,16 @@ def _weight_shapes() -> dict[str, tuple[int, ...]]:
         shapes[lp + "mlp.fc2.bias"] = (v,)
     shapes[vp + "post_layernorm.weight"] = (v,)
     shapes[vp + "post_layernorm.bias"] = (v,)
-    shapes["multi_modal_projector.linear.weight"] = (_PROJ, v)
-    shapes["multi_modal_projector.linear.bias"] = (_PROJ,)
+    shapes["multi_modal_projector.linear.weight"] = (text["hidden_size"], v)
+    shapes["multi_modal_projector.linear.bias"] = (text["hidden_size"],)
 
-    h, ti = _TEXT["hidden_size"], _TEXT["intermediate_size"]
-    hd = _TEXT["head_dim"]
-    q, kv = _TEXT["num_attention_heads"] * hd, _TEXT["num_key_value_heads"] * hd
+    h, ti = text["hidden_size"], text["intermediate_size"]
+    hd = text["head_dim"]
+    q, kv = text["num_attention_heads"] * hd, text["num_key_value_heads"] * hd
     tp = "language_model.model."
     # The LM head is tied to embed_tokens (Gemma), so there is no lm_head.
     shapes[tp + "embed_tokens.weight"] = (_VOCAB, h)
-    for i in range(_TEXT["num_hidden_layers"]):
+    for i in range(text["num_hidden_layers"]):
         lp = f"{tp}layers.{i}."
         shapes[lp + "self_attn.q_proj.weight"] = (q, h)
         shapes[lp + "self_attn.k_proj.weight"] = (kv, h)
@@ -338,13 +350,13 @@ def _weight_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _weights(seed: int) -> dict[str, Any]:
+def _weights(seed: int, text: Mapping[str, int]) -> dict[str, Any]:
     """Random float32 numpy weights, fixed by ``seed``."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}
-    for name, shape in sorted(_weight_shapes().items()):
+    for name, shape in sorted(_weight_shapes(text).items()):
         if name.startswith("language_model.") and name.endswith("norm.weight"):
             # Gemma RMSNorm scales by (1 + w): zeros give the identity scale.
             arr = np.zeros(shape, np.float32)
@@ -364,10 +376,12 @@ def _weights(seed: int) -> dict[str, Any]:
     return out
 
 
-def _write_checkpoint(directory: pathlib.Path, seed: int, dtype: str) -> None:
+def _write_checkpoint(
+    directory: pathlib.Path, seed: int, dtype: str, text: Mapping[str, int]
+) -> None:
     import mlx.core as mx
 
-    for name, obj in _configs(dtype).items():
+    for name, obj in _configs(dtype, text).items():
         _write_json(directory / name, obj)
     (directory / "chat_template.jinja").write_text(_CHAT_TEMPLATE, encoding="utf-8")
     tok = _build_tokenizer(seed)
@@ -376,12 +390,14 @@ def _write_checkpoint(directory: pathlib.Path, seed: int, dtype: str) -> None:
     )
 
     mx_dtype = getattr(mx, dtype)
-    arrays = {k: mx.array(v).astype(mx_dtype) for k, v in _weights(seed).items()}
+    arrays = {k: mx.array(v).astype(mx_dtype) for k, v in _weights(seed, text).items()}
     mx.save_safetensors(
         str(directory / "model.safetensors"), arrays, metadata={"format": "mlx"}
     )
     # Written last: its presence means every other file is complete.
-    (directory / _MARKER).write_text(_marker_payload(seed, dtype), encoding="utf-8")
+    (directory / _MARKER).write_text(
+        _marker_payload(seed, dtype, text), encoding="utf-8"
+    )
 
 
 def build_tiny_checkpoint(
@@ -390,6 +406,7 @@ def build_tiny_checkpoint(
     seed: int = 0,
     dtype: str = "float32",
     force: bool = False,
+    text_config: Mapping[str, int] | None = None,
 ) -> pathlib.Path:
     """Write a ~0.5 MB random-weight PaliGemma checkpoint and return its path.
 
@@ -431,6 +448,10 @@ def build_tiny_checkpoint(
             seed and dtype give byte-identical files.
         dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"`` weights.
         force: Rebuild even if a complete checkpoint is already there.
+        text_config: Overrides of the Gemma text model's sizes
+            (``num_hidden_layers``, ``num_key_value_heads``, ``head_dim`` ...),
+            e.g. a model whose KV cache grows fast, for memory tests. The
+            cache folder's name then carries a hash of the overrides.
 
     A complete checkpoint (its marker file, written last, matches seed, dtype
     and format version) is reused unless ``force``. The files are written to a
@@ -444,13 +465,14 @@ def build_tiny_checkpoint(
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     if isinstance(seed, bool) or operator.index(seed) < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    text = {**_TEXT, **(text_config or {})}
     target = (
-        default_cache_dir() / _checkpoint_name(seed, dtype)
+        default_cache_dir() / _checkpoint_name(seed, dtype, text)
         if path is None
         else pathlib.Path(path)
     )
     target = target.expanduser().absolute()
-    if not force and _is_complete(target, seed, dtype):
+    if not force and _is_complete(target, seed, dtype, text):
         return target
     if target.exists() and not (target.is_dir() and _owned_by_us(target)):
         raise FileExistsError(
@@ -459,15 +481,21 @@ def build_tiny_checkpoint(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _write_checkpoint(tmp, seed, dtype)
-        _move_into_place(tmp, target, seed, dtype, force=force)
+        _write_checkpoint(tmp, seed, dtype, text)
+        _move_into_place(tmp, target, seed, dtype, text, force=force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def _move_into_place(
-    tmp: pathlib.Path, target: pathlib.Path, seed: int, dtype: str, *, force: bool
+    tmp: pathlib.Path,
+    target: pathlib.Path,
+    seed: int,
+    dtype: str,
+    text: Mapping[str, int],
+    *,
+    force: bool,
 ) -> None:
     """Rename ``tmp`` to ``target``, replacing a stale or forced old copy."""
     for _ in range(10):
@@ -476,7 +504,7 @@ def _move_into_place(
         except OSError:
             if not target.exists():
                 continue  # someone removed it between our calls: retry
-            if not force and _is_complete(target, seed, dtype):
+            if not force and _is_complete(target, seed, dtype, text):
                 return  # a concurrent builder won the race; same bytes
             if not _owned_by_us(target):
                 raise FileExistsError(f"{target} is not a tiny checkpoint") from None
