@@ -96,6 +96,19 @@ FACTS: tuple[Fact, ...] = (
 # fmt: on
 
 
+#: Tests that need ``import mlx_vlm.server`` in the test's own interpreter:
+#: where the release's server needs Python 3.12 (fact ``server_needs_py312``)
+#: and CI has only an older Python, the nox session deselects them by name.
+SERVER_TESTS = ("tests/test_server.py",)
+
+
+def python_deselected(row: Release, python: tuple[int, ...]) -> tuple[str, ...]:
+    """Test node ids that cannot run on Python ``python`` for this row."""
+    if row.has("server_needs_py312") and tuple(python[:2]) < (3, 12):
+        return SERVER_TESTS
+    return ()
+
+
 #: Tests written against a ``GenerationResult`` (they read ``.text`` and
 #: ``.generation_tokens`` off the return value of ``generate()``): they do not
 #: apply where ``generate()`` returns a str (0.1.7-0.1.25) or a ``(text,
