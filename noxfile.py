@@ -171,8 +171,11 @@ def _row(env_id: str) -> Any:
 def _deselected(env_id: str) -> list[str]:
     """``--deselect`` arguments the table gives for this environment."""
     row = _row(env_id)
-    nodes = (*row.deselected(), *_interpreter(env_id).deselected) if row else ()
-    return [arg for node in nodes for arg in ("--deselect", node)]
+    if row is None:
+        return []
+    server = tuple(node for node, _ in TABLE.server_deselected(row))
+    nodes = (*row.deselected(), *server, *_interpreter(env_id).deselected)
+    return [arg for node in dict.fromkeys(nodes) for arg in ("--deselect", node)]
 
 
 #: The interpreter behind the one running nox (a virtualenv's base Python):
@@ -302,7 +305,15 @@ def tests(session: nox.Session, env_id: str) -> None:
         "mlx_vlm.__version__, 'metadata', m.packages_distributions()['mlx_vlm'], "
         "'on python', sys.version.split()[0], sys.executable)",
     )
-    lean = [] if env_id in TABLE.FRESH_INTERPRETER_ENVS else ["-m", "not subprocess"]
+    # Everywhere else: every in-process test, and mlx-vlm's own server end to
+    # end (tests/test_server.py, marker "server") where the table says it applies.
+    lean = (
+        []
+        if env_id in TABLE.FRESH_INTERPRETER_ENVS
+        else ["-m", "not subprocess or server"]
+    )
+    for node, reason in TABLE.server_deselected(_row(env_id)) if _row(env_id) else ():
+        session.log(f"deselected {node}: {reason}")
     session.run(
         "python",
         "-m",
