@@ -43,6 +43,10 @@ nox.options.sessions = ["lint", "matrix"]
 # not installed runs on the runner's own interpreter instead (_interpreter).
 nox.options.download_python = "never"
 os.environ["UV_PYTHON_DOWNLOADS"] = "never"
+# Trust the machine's certificate store (where an HTTPS proxy's CA goes), as
+# pip does, rather than only uv's built-in roots (UV_NATIVE_TLS: older uv).
+os.environ.setdefault("UV_SYSTEM_CERTS", "1")
+os.environ.setdefault("UV_NATIVE_TLS", "1")
 
 #: How many ``tests`` sessions ``matrix`` runs at once (2 cores here and in CI).
 JOBS = int(os.environ.get("MLX_VLM_SAFE_JOBS", "2"))
