@@ -51,6 +51,22 @@ os.environ.setdefault("UV_NATIVE_TLS", "1")
 #: How many ``tests`` sessions ``matrix`` runs at once (2 cores here and in CI).
 JOBS = int(os.environ.get("MLX_VLM_SAFE_JOBS", "2"))
 
+
+def _load_table() -> Any:
+    """``mlx_vlm_safe._releases`` without importing the package (no hook)."""
+    path = ROOT / "mlx_vlm_safe" / "_releases.py"
+    spec = importlib.util.spec_from_file_location("_mlx_vlm_safe_releases", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+TABLE = _load_table()
+
+
 #: Companion versions for every pinned environment: the stack the matrix doc
 #: (shared/docs/mlx-vlm-matrix.md) measured all 75 releases with, and that
 #: every release in this file installs and runs on. Pinned so that a new mlx
@@ -61,8 +77,10 @@ JOBS = int(os.environ.get("MLX_VLM_SAFE_JOBS", "2"))
 #: (0.3.5 with transformers<5 even fails: PaliGemmaProcessor returns numpy
 #: arrays), and mlx 0.32.4 runs them all.
 STACK = (
-    "mlx==0.32.4",  # the mlx the matrix was measured with (mlx-cpu below)
-    "mlx-cpu==0.32.4",  # Linux needs the cpu wheel; plain mlx has no libmlx.so
+    # the mlx the matrix was measured with, and its cpu wheel (Linux needs it:
+    # plain mlx has no libmlx.so)
+    f"mlx=={TABLE.STACK_MLX}",
+    f"mlx-cpu=={TABLE.STACK_MLX}",
     "mlx-lm==0.32.2",  # pulled in by 0.1.15-0.6.13; newest, matches mlx 0.32
     "transformers==5.24.0",  # what every release resolves to (0.6.4 aside)
     "mlx-audio==0.6.2",  # pulled in by 0.2.0-0.3.1 and 0.5.0+
@@ -85,10 +103,30 @@ class Env:
     python: str = PYTHON
     pinned: bool = True  # constrain the companions to STACK
     matrix_env: str | None = None  # MLX_VLM_SAFE_MATRIX_ENV (forks, co-installs)
+    mlx: str | None = None  # another mlx than STACK's, with its own mlx-lm
+
+    def constraints(self) -> tuple[str, ...]:
+        """STACK, with this environment's mlx and the mlx-lm made for it."""
+        if self.mlx is None:
+            return STACK
+        ours = (f"mlx=={self.mlx}", f"mlx-cpu=={self.mlx}", MLX_LM_FOR[self.mlx])
+        ours_names = ("mlx==", "mlx-cpu==", "mlx-lm==")
+        kept = tuple(pin for pin in STACK if not pin.startswith(ours_names))
+        return ours + kept
 
 
-def _upstream(version: str, python: str = PYTHON) -> Env:
-    return Env(((f"mlx-vlm=={version}",),), python=python)
+def _upstream(version: str, python: str = PYTHON, mlx: str | None = None) -> Env:
+    return Env(((f"mlx-vlm=={version}",),), python=python, mlx=mlx)
+
+
+#: The mlx-lm to install beside an older mlx: mlx-lm only pins mlx on macOS,
+#: and the newest mlx-lm needs mlx 0.31.2's new_thread_local_stream.
+MLX_LM_FOR = {
+    "0.29.3": "mlx-lm==0.29.1",
+    "0.31.1": "mlx-lm==0.31.1",
+    "0.31.2": "mlx-lm==0.31.2",
+    "0.32.0": "mlx-lm==0.32.0",
+}
 
 
 #: Environment id -> what it installs. The id is the session's parameter:
@@ -109,6 +147,20 @@ ENVIRONMENTS: dict[str, Env] = {
     "0.6.0": _upstream("0.6.0"),  # package layout, empty-stream guard upstream
     "0.6.17": _upstream("0.6.17"),  # last 0.6.x
     "0.7.10": _upstream("0.7.10"),  # newest release when this was written
+    # The mlx axis: threads and exit depend on mlx, not only on mlx-vlm (every
+    # environment above has STACK's mlx 0.32.4, the newest). CPU streams are
+    # shared by all threads up to 0.31.2 and bound to their thread from 0.32.0;
+    # 0.3.5 makes its stream at import (the fix applies only where bound).
+    # 0.5.0+ (thread-local streams) install only with mlx 0.32.4: mlx-audio
+    # 0.6.2 pins it. The pairs come from the table (MLX_AXIS); why each mlx:
+    # 0.29.3 streams shared by threads; 0.31.1 the last before mlx issue 3727;
+    # 0.31.2 Metal streams bound, CPU not;
+    # 0.32.0 CPU streams bound, and the exit aborted even after clear_streams.
+    **{
+        f"{release}-mlx{mlx}": _upstream(release, mlx=mlx)
+        for release, mlxs in TABLE.MLX_AXIS.items()
+        for mlx in mlxs
+    },
     # Whatever is newest on PyPI when CI runs, companions unpinned: a new
     # upstream release that breaks the patch shows up here at once.
     "latest": Env((("mlx-vlm",),), pinned=False),
@@ -124,23 +176,14 @@ ENVIRONMENTS: dict[str, Env] = {
 }
 
 
-def _load_table() -> Any:
-    """``mlx_vlm_safe._releases`` without importing the package (no hook)."""
-    path = ROOT / "mlx_vlm_safe" / "_releases.py"
-    spec = importlib.util.spec_from_file_location("_mlx_vlm_safe_releases", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-TABLE = _load_table()
+def _version_of(env_id: str) -> str | None:
+    """The mlx-vlm release an environment id names ("0.3.5-mlx0.29.3": 0.3.5)."""
+    match = re.fullmatch(r"([\d.]+)(?:-mlx[\d.]+)?", env_id)
+    return match.group(1) if match else None
 
 
 def _check_against_table() -> None:
-    upstream = {k for k in ENVIRONMENTS if re.fullmatch(r"[\d.]+", k)}
+    upstream = {_version_of(k) for k in ENVIRONMENTS} - {None}
     tested = {v for row in TABLE.RELEASES for v in row.tested}
     installs = {i.name for i in TABLE.INSTALLS}
     forks = {e.matrix_env for e in ENVIRONMENTS.values() if e.matrix_env}
@@ -163,7 +206,7 @@ _check_against_table()
 def _row(env_id: str) -> Any:
     """The table's row (with facts) for this environment; None for ``latest``."""
     env = ENVIRONMENTS[env_id]
-    version = env_id if re.fullmatch(r"[\d.]+", env_id) else None
+    version = _version_of(env_id)
     install = TABLE.install_named(env.matrix_env)
     if install is not None:
         return install.release()
@@ -188,7 +231,7 @@ RUNNER_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable
 
 
 @functools.cache
-def _version_of(exe: str) -> tuple[int, ...] | None:
+def _python_version(exe: str) -> tuple[int, ...] | None:
     """``exe``'s (major, minor, micro), or None if it does not run."""
     probe = subprocess.run(
         [exe, "-c", "import sys; print(*sys.version_info[:3])"],
@@ -262,7 +305,7 @@ def _interpreter(env_id: str) -> Interpreter:
     """
     env = ENVIRONMENTS[env_id]
     path = _installed(env.python) or RUNNER_PYTHON
-    version = _version_of(path)
+    version = _python_version(path)
     if version is None:  # the runner's own interpreter always runs
         path, version = RUNNER_PYTHON, tuple(sys.version_info[:3])
     row = _row(env_id)
@@ -292,7 +335,7 @@ def tests(session: nox.Session, env_id: str) -> None:
     constraints: list[str] = []
     if env.pinned:
         path = pathlib.Path(session.create_tmp()) / "constraints.txt"
-        path.write_text("\n".join(STACK) + "\n")
+        path.write_text("\n".join(env.constraints()) + "\n")
         constraints = ["--constraint", str(path)]
     first, *later = env.installs
     # Also next to a fork: mlx-vlm is not our dependency, so nothing pulls
@@ -307,7 +350,8 @@ def tests(session: nox.Session, env_id: str) -> None:
         "-c",
         "import importlib.metadata as m, mlx_vlm, sys; print('mlx-vlm', "
         "mlx_vlm.__version__, 'metadata', m.packages_distributions()['mlx_vlm'], "
-        "'on python', sys.version.split()[0], sys.executable)",
+        "'mlx', m.version('mlx'), 'on python', sys.version.split()[0], "
+        "sys.executable)",
     )
     # Everywhere else: every in-process test, and mlx-vlm's own server end to
     # end (tests/test_server.py, marker "server") where the table says it applies.

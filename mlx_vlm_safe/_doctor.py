@@ -45,7 +45,8 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
 * ``affected`` (bool or ``null``), ``verdicts`` (list of sentences),
   ``warnings`` (list)
 * ``live``: ``null`` without ``--live``, else ``{ok, tokens, text,
-  finish_reason, seconds, error}``
+  finish_reason, seconds, error, worker_thread_same}``: the same greedy call
+  runs on this thread, then on a worker thread, and ``ok`` needs both
 
 If doctor itself fails, the object has only ``schema``, ``status``
 (``"error"``), ``exit_code`` (6) and ``error``.
@@ -61,6 +62,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from types import ModuleType
 from typing import Any, TextIO
@@ -143,6 +145,9 @@ class Live:
     finish_reason: str | None = None
     seconds: float = 0.0
     error: str | None = None
+    #: The same call on a new worker thread: ``None`` if it was not reached,
+    #: else whether it gave the main thread's answer (``error`` says why not).
+    worker_thread_same: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,17 +256,51 @@ def _patch_state(
     if not probes:
         from ._layout import locate
         from ._probe import probe_empty_stream, probe_wired_limit
+        from ._threads import probe_thread_stream
 
         located = locate(mlx_vlm)
-        found = [probe_wired_limit(located.wired_limit)]
+        found = [
+            probe_wired_limit(located.wired_limit),
+            probe_thread_stream(located.generation_stream),
+        ]
         if located.generate is not None:
             found.append(probe_empty_stream(located.generate))
         probes, layout = tuple(found), {"kind": located.kind, "home": located.home}
     return state, probes, layout
 
 
+def _on_worker_thread(call: Any) -> tuple[object, BaseException | None]:
+    """Run ``call`` on a new thread, as a web handler or a pool would."""
+    from ._threads import arm_thread_exit
+
+    box: list[object] = [None, None]
+
+    def work() -> None:
+        arm_thread_exit()  # free the thread's streams at its end, patched or not
+        try:
+            box[0] = call()
+        except Exception as exc:
+            box[1] = exc
+
+    worker = threading.Thread(target=work, name="mlx-vlm-safe-doctor")
+    worker.start()
+    worker.join()
+    error = box[1]
+    return box[0], error if isinstance(error, BaseException) else None
+
+
+def _text_of(result: object) -> str:
+    if isinstance(result, tuple):  # 0.1.26-0.2.0: (text, stats)
+        result = result[0]
+    return result if isinstance(result, str) else str(getattr(result, "text", ""))
+
+
 def _live(mlx_vlm: ModuleType, home: str | None) -> Live:
-    """Load the tiny checkpoint and generate ``LIVE_TOKENS`` tokens, for real."""
+    """Generate ``LIVE_TOKENS`` tokens on the tiny checkpoint, for real.
+
+    Twice: on this thread, then on a worker thread (where web servers and
+    thread pools call ``generate()``), which must give the same greedy answer.
+    """
     from ._results import last_outcome
     from .testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
 
@@ -272,30 +311,42 @@ def _live(mlx_vlm: ModuleType, home: str | None) -> Live:
     try:
         model, processor = mlx_vlm.load(str(build_tiny_checkpoint()))
         prompt = tiny_prompt(processor, model.config, "Describe the picture.")
-        result = generate(  # type: ignore[misc]
-            model,
-            processor,
-            prompt,
-            image=[str(tiny_image_path())],
-            max_tokens=LIVE_TOKENS,
-            verbose=False,
-        )
+
+        def call() -> object:
+            return generate(  # type: ignore[misc]
+                model,
+                processor,
+                prompt,
+                image=[str(tiny_image_path())],
+                max_tokens=LIVE_TOKENS,
+                verbose=False,
+                temperature=0.0,
+            )
+
+        result = call()
     except Exception as exc:
         return Live(ok=False, seconds=time.perf_counter() - start, error=_describe(exc))
     seconds = time.perf_counter() - start
-    if isinstance(result, tuple):  # 0.1.26-0.2.0: (text, stats)
-        result = result[0]
-    text = result if isinstance(result, str) else str(getattr(result, "text", ""))
+    text = _text_of(result)
     tokens = getattr(result, "generation_tokens", None)
     outcome = last_outcome()
     if not isinstance(tokens, int):  # str and tuple results carry no count
         tokens = outcome.generation_tokens if outcome else None
+    other, error = _on_worker_thread(call)
+    same = error is None and _text_of(other) == text
+    failure: str | None = None
+    if error is not None:
+        failure = f"on a worker thread: {_describe(error)}"
+    elif not same:
+        failure = "on a worker thread: a different answer"
     return Live(
-        ok=True,
+        ok=same,
         tokens=tokens,
         text=text,
         finish_reason=outcome.finish_reason if outcome else None,
         seconds=round(seconds, 3),
+        error=failure,
+        worker_thread_same=same,
     )
 
 

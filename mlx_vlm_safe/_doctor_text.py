@@ -79,7 +79,9 @@ def render(d: Diagnosis) -> str:
     ]
     if d.probes:
         out.append("probes\n")
-        out += [_row(p.name, f"{p.outcome:<11}{p.detail}".rstrip()) for p in d.probes]
+        out += [
+            _row(p.name, f"{p.outcome + ' ':<11}{p.detail}".rstrip()) for p in d.probes
+        ]
     a = d.activation
     variable = "unset" if a.autopatch_variable is None else repr(a.autopatch_variable)
     out += [
@@ -92,7 +94,8 @@ def render(d: Diagnosis) -> str:
     if d.live is not None:
         lv = d.live
         result = (
-            f"{lv.tokens} tokens, finish_reason {lv.finish_reason}, {lv.seconds:.2f} s"
+            f"{lv.tokens} tokens, finish_reason {lv.finish_reason}, {lv.seconds:.2f} s;"
+            " the same answer on a worker thread"
             if lv.ok
             else f"FAILED: {lv.error}"
         )

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, Literal
 
+from ._threads import find_stream
+
 Kind = Literal["utils", "module", "package", "unknown"]
 
 _KINDS: Mapping[str, Kind] = {
@@ -44,6 +46,8 @@ class Located:
     result_class: type | None
     accepted_kwargs: frozenset[str] | None
     defaults: Mapping[str, object]
+    #: The mlx stream generation runs under (0.1.25+), if the release has one.
+    generation_stream: object = None
 
 
 def unwrap(obj: object) -> object:
@@ -93,6 +97,7 @@ def locate(package: ModuleType) -> Located:
         result_class=result_class,
         accepted_kwargs=accepted,
         defaults=defaults,
+        generation_stream=find_stream(scope),
     )
 
 

@@ -32,6 +32,7 @@ from ._layout import Located, locate
 from ._probe import Probe, probe_empty_stream, probe_result_shape, probe_wired_limit
 from ._report import Fix, Report, Status
 from ._results import build_result
+from ._threads import can_make_thread_local, probe_thread_stream, thread_local_twin
 from ._wrappers import Behaviour, safe_wired_limit, wrap_generate, wrap_stream_generate
 
 _log = logging.getLogger("mlx_vlm_safe")
@@ -182,9 +183,20 @@ def _behaviour(located: Located, probes: list[Probe]) -> Behaviour:
     )
 
 
-def _plan(located: Located, behaviour: Behaviour, wired: Probe) -> None:
+def _plan(located: Located, behaviour: Behaviour, wired: Probe, thread: Probe) -> None:
     """Decide the replacements; nothing in mlx_vlm is touched yet."""
     plan = _STATE.replacements
+    stream = located.generation_stream
+    if thread.outcome == "bound_to_importing_thread" and stream is not None:
+        if can_make_thread_local():
+            twin = thread_local_twin(stream)
+            plan[id(stream)] = (stream, twin, "thread_local_stream")
+        else:
+            _warn_once(
+                "mlx-vlm's generation stream works only on the thread that "
+                "imported mlx_vlm, and this mlx cannot make a per-thread stream: "
+                "call generate() from that thread"
+            )
     if located.wired_limit is not None and wired.outcome != "propagates":
         fix = (
             "propagate_errors" if wired.outcome == "swallows" else "generate_off_metal"
@@ -209,6 +221,9 @@ def _plan(located: Located, behaviour: Behaviour, wired: Probe) -> None:
 
 
 _REASONS = {
+    "thread_local_stream": "the generation stream was made at import and this "
+    "mlx binds streams to their thread; replaced by a thread-local stream so "
+    "generate() works from any thread",
     "propagate_errors": "wired_limit swallowed every exception on this device; "
     "replaced so the real error (and Ctrl-C) reaches the caller",
     "generate_off_metal": "wired_limit failed on entry on this device; replaced so "
@@ -250,7 +265,8 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     located = locate(package)
     version = getattr(package, "__version__", None)
     wired = probe_wired_limit(located.wired_limit)
-    probes = [wired]
+    thread = probe_thread_stream(located.generation_stream)
+    probes = [wired, thread]
     behaviour = _behaviour(located, probes)
     if located.generate is None:
         message = (
@@ -268,7 +284,7 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
         )
     _STATE.replacements.clear()
     _STATE.rebound.clear()
-    _plan(located, behaviour, wired)
+    _plan(located, behaviour, wired, thread)
     _STATE.originals = {id(r): o for o, r, _ in _STATE.replacements.values()}
     for module in _loaded_mlx_vlm_modules():
         _sweep(module)

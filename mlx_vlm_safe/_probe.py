@@ -49,7 +49,7 @@ def probe_wired_limit(wired_limit: Callable[..., Any] | None) -> Probe:
     except _ProbeSignal:
         return Probe("wired_limit", "propagates")
     except Exception as exc:  # failing on entry is a result, not a crash
-        return Probe("wired_limit", "fails_on_entry", _describe(exc))
+        return Probe("wired_limit", "fails_on_entry", describe(exc))
     return Probe("wired_limit", "swallows", "an exception raised inside vanished")
 
 
@@ -110,10 +110,10 @@ def probe_empty_stream(generate: Callable[..., Any]) -> Probe:
         _run_with_stream(generate, ())
     except AttributeError as exc:
         if "NoneType" in str(exc):
-            return Probe("empty_stream", "unguarded", _describe(exc))
-        return Probe("empty_stream", "inconclusive", _describe(exc))
+            return Probe("empty_stream", "unguarded", describe(exc))
+        return Probe("empty_stream", "inconclusive", describe(exc))
     except Exception as exc:  # an unexpected release: say so, decide elsewhere
-        return Probe("empty_stream", "inconclusive", _describe(exc))
+        return Probe("empty_stream", "inconclusive", describe(exc))
     return Probe("empty_stream", "guarded")
 
 
@@ -124,7 +124,7 @@ def probe_result_shape(
     try:
         value = _run_with_stream(generate, (item,))
     except Exception as exc:  # an unexpected release: say so, decide elsewhere
-        return Probe("result_shape", "unknown", _describe(exc)), None
+        return Probe("result_shape", "unknown", describe(exc)), None
     shape: Shape
     if isinstance(value, str):
         shape = "str"
@@ -137,5 +137,5 @@ def probe_result_shape(
     return Probe("result_shape", shape), value
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]

@@ -32,6 +32,38 @@ from packaging.version import InvalidVersion, Version
 #: RuntimeError with older mlx (no device info without Metal).
 ENTRY_ERROR = r"max_recommended_working_set_size|Cannot get device info"
 
+#: The first mlx whose CPU streams belong to the thread that made them
+#: (measured with 0.3.5's stream: 0.29.3, 0.31.1 and 0.31.2 share them between
+#: threads, 0.32.0 and 0.32.4 do not; Metal and CUDA bind them since 0.31.2).
+CPU_STREAMS_THREAD_BOUND_SINCE = "0.32.0"
+
+#: How each kind of generation stream fares off its thread (``Release.stream``).
+STREAM_KINDS = {
+    "none": "generation runs on mlx's default stream, which every thread has",
+    "import": "`generation_stream = mx.new_stream(...)` at import: where mlx "
+    "binds streams to threads, generate() works only on the importing thread",
+    "thread_local": "`mx.new_thread_local_stream(...)`: works on any thread",
+}
+
+
+#: The mlx every pinned CI environment has (the noxfile's STACK).
+STACK_MLX = "0.32.4"
+
+#: The mlx axis of the CI matrix: release -> the older mlx it also runs on
+#: (every environment runs the newest, STACK's, too). Threads and the exit
+#: depend on mlx: 0.29.3-0.31.2 share CPU streams between threads, 0.32.0
+#: binds them (and aborted at exit even after ``clear_streams``). The
+#: thread-local releases (0.5.0+) install only with mlx 0.32.4: they need
+#: mlx-audio 0.6.2, which pins ``mlx==0.32.4``; so they run on STACK's mlx.
+MLX_AXIS = {"0.3.5": ("0.29.3", "0.31.1", "0.31.2", "0.32.0")}
+
+
+def streams_bound(mlx_version: str, device: str = "cpu") -> bool:
+    """Whether this mlx binds streams to the thread that made them."""
+    since = CPU_STREAMS_THREAD_BOUND_SINCE if device == "cpu" else "0.31.2"
+    return Version(mlx_version) >= Version(since)
+
+
 #: What ``generate_step`` generates when the caller's ``max_tokens`` never
 #: reaches it (0.1.7-0.1.9 drop every keyword argument).
 GENERATE_STEP_DEFAULT_MAX_TOKENS = 256
@@ -198,6 +230,8 @@ class Release:
     #: How ``mlx_vlm.server`` binds generate: "absent", "V1", "V2", "V2+RG",
     #: "V3+RG" (see the matrix doc, section 1).
     server: str = "absent"
+    #: The generation stream: "none", "import" or "thread_local" (STREAM_KINDS).
+    stream: str = "none"
     #: The releases of this range the CI matrix runs (``noxfile.py``).
     tested: tuple[str, ...] = ()
     #: The checkpoint the real-model tests run in this range ("" = none).
@@ -217,6 +251,20 @@ class Release:
     def has(self, name: str) -> bool:
         """Whether fact ``name`` applies (only meaningful after :meth:`at`)."""
         return any(f.name == name for f in self.facts)
+
+    def thread_verdict(self, bound: bool) -> str:
+        """The ``thread_stream`` probe's verdict, given whether mlx binds streams."""
+        if self.stream == "none":
+            return "no_stream"
+        if self.stream == "import" and bound:
+            return "bound_to_importing_thread"
+        return "any_thread"
+
+    def fixes_on(self, bound: bool) -> tuple[str, ...]:
+        """The fixes applied, given whether mlx binds streams to threads."""
+        verdict = self.thread_verdict(bound)
+        thread = ("thread_local_stream",) if verdict.startswith("bound") else ()
+        return thread + self.fixes
 
     @property
     def fails_on_entry(self) -> bool:
@@ -270,6 +318,7 @@ RELEASES: tuple[Release, ...] = (
         "every generation fails on entry off Metal (wired_limit calls "
         "device_info); verbose=True with empty text returns None",
         ("generate_off_metal", *_GENERIC),
+        stream="import",
         tested=("0.1.25",),
     ),
     Release(
@@ -278,6 +327,7 @@ RELEASES: tuple[Release, ...] = (
         "tuple, or None with verbose=True and empty text",
         ("generate_off_metal", "never_empty_stream", "none_safe_generate"),
         server="V1",
+        stream="import",
         tested=("0.1.27", "0.2.0"),
     ),
     Release(
@@ -286,6 +336,7 @@ RELEASES: tuple[Release, ...] = (
         "AttributeError 'NoneType' ... 'token'",
         ("generate_off_metal", "never_empty_stream", "none_safe_generate"),
         server="V2",
+        stream="import",
         tested=("0.3.0", "0.3.1"),
     ),
     Release(
@@ -295,20 +346,31 @@ RELEASES: tuple[Release, ...] = (
         "results",
         ("propagate_errors", "never_empty_stream", "none_safe_generate"),
         server="V2",
+        stream="import",
         tested=("0.3.2", "0.3.5", "0.3.10"),
     ),
     Release(
-        "0.3.11", "0.5.0", "module", "propagates", "unguarded", "result",
+        "0.3.11", "0.4.4", "module", "propagates", "unguarded", "result",
         "generate() dereferences the last stream item unguarded",
         ("never_empty_stream", "none_safe_generate"),
         server="V2",
-        tested=("0.3.11", "0.4.4", "0.5.0"),
+        stream="import",
+        tested=("0.3.11", "0.4.4"),
+    ),
+    Release(
+        "0.5.0", "0.5.0", "module", "propagates", "unguarded", "result",
+        "generate() dereferences the last stream item unguarded",
+        ("never_empty_stream", "none_safe_generate"),
+        server="V2",
+        stream="thread_local",
+        tested=("0.5.0",),
     ),
     Release(
         "0.6.0", "0.7.10", "package", "propagates", "guarded", "result",
         "nothing known on the generate() path",
         _GENERIC,
         server="V3+RG",
+        stream="thread_local",
         tested=("0.6.0", "0.6.17", "0.7.10"),
     ),
 )
@@ -471,15 +533,24 @@ def _broken_cell(row: Release) -> str:
 
 
 def _range(row: Release) -> str:
-    return f"{row.first}{_DASH}{row.last}"
+    return row.first if row.first == row.last else f"{row.first}{_DASH}{row.last}"
+
+
+_BOUND = f" (mlx {CPU_STREAMS_THREAD_BOUND_SINCE}+ on CPU, 0.31.2+ on Metal)"
+_THREAD_CELLS = {
+    "none": "no_stream (default stream)",
+    "import": f"bound_to_importing_thread{_BOUND}, else any_thread",
+    "thread_local": "any_thread (thread-local stream)",
+}
 
 
 def markdown_table() -> str:
     """The README compatibility table, generated from :data:`RELEASES`."""
     lines = [
         "| mlx-vlm | layout | `wired_limit` off Metal | empty stream in "
-        "`generate()` | returns | what was broken | fixes applied | tested in CI |",
-        "|---|---|---|---|---|---|---|---|",
+        "`generate()` | generation stream off its thread | returns | what was "
+        "broken | fixes applied | tested in CI |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in RELEASES:
         cells = [
@@ -487,9 +558,12 @@ def markdown_table() -> str:
             row.layout,
             row.wired_limit,
             row.empty_stream,
+            _THREAD_CELLS[row.stream],
             row.shape,
             _broken_cell(row).replace("|", "\\|"),
-            ", ".join(row.fixes),
+            ", ".join(row.fixes_on(bound=True)).replace(
+                "thread_local_stream", f"thread_local_stream{_BOUND}"
+            ),
             _tested_cell(row).replace("|", "\\|"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -508,7 +582,15 @@ def tested_line() -> str:
         "tiny checkpoint. The tests that need a fresh interpreter (import "
         "orders, kill switch, CLI) run on "
         + ", ".join(FRESH_INTERPRETER_ENVS).replace("latest", "the newest")
-        + ". Not tested: "
+        + ". Every pinned environment has mlx "
+        + STACK_MLX
+        + "; the mlx axis adds "
+        + "; ".join(
+            f"{release} on mlx {', '.join(mlxs)}" for release, mlxs in MLX_AXIS.items()
+        )
+        + " (0.5.0+ install only with mlx "
+        + STACK_MLX
+        + ": mlx-audio 0.6.2 pins it). Not tested: "
         + ", ".join(untested)
         + "."
     )

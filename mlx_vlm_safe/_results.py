@@ -115,6 +115,21 @@ def empty_result(
     return ""
 
 
+#: How a ``max_tokens=0`` call ends: nothing generated, by length, not empty.
+ZERO_TOKENS_END: StreamEnd = (0, False, "length", 0)
+
+
+def ran_out(item: object) -> object:
+    """``item`` with ``finish_reason="length"`` where its type has the field."""
+    if (
+        dataclasses.is_dataclass(item)
+        and not isinstance(item, type)
+        and any(f.name == "finish_reason" for f in dataclasses.fields(item))
+    ):
+        return dataclasses.replace(item, finish_reason="length")
+    return item
+
+
 def text_end(text: object) -> StreamEnd:
     """The :data:`StreamEnd` of a ``generate()`` that drove no stream."""
     return (0, not text, "stop" if text else None, None)

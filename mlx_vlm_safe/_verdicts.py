@@ -14,6 +14,7 @@ from ._releases import FIXED_UPSTREAM_IN, RELEASES, WIRED_LIMIT_FIXED_IN, releas
 
 #: Probe outcome -> the fix that addresses it.
 NEEDED_FIX = {
+    ("thread_stream", "bound_to_importing_thread"): "thread_local_stream",
     ("wired_limit", "swallows"): "propagate_errors",
     ("wired_limit", "fails_on_entry"): "generate_off_metal",
     ("empty_stream", "unguarded"): "never_empty_stream",
@@ -59,6 +60,7 @@ def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list
             "generate() dereferences the last stream item unguarded: a stream "
             "that yields nothing ends as the same AttributeError."
         )
+    lines.append(_threads(outcomes.get("thread_stream")))
     row = release_for(version)
     if device == "metal" and row is not None and row.wired_limit == "swallows":
         lines.append(
@@ -66,6 +68,26 @@ def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list
             f"Linux server (CPU or CUDA) is affected ({_span('swallows')})."
         )
     return lines
+
+
+def _threads(verdict: str | None) -> str:
+    """Answer "can web handlers and thread pools call generate()?"."""
+    question = (
+        "generate() from other threads (web handlers, thread pools, asyncio.to_thread):"
+    )
+    if verdict == "bound_to_importing_thread":
+        return (
+            f"{question} FAILS without the patch: the release made its "
+            "generation stream at import and this mlx binds streams to the "
+            "thread that made them (RuntimeError: There is no Stream(cpu, 0) in "
+            "current thread, or the NoneType/token crash where errors are "
+            "swallowed)."
+        )
+    if verdict == "any_thread":
+        return f"{question} works (the generation stream serves every thread)."
+    if verdict == "no_stream":
+        return f"{question} works (the release uses mlx's default stream)."
+    return f"{question} unknown (the thread probe did not run)."
 
 
 def fixed_here(status: str, needed: set[str], applied: set[str]) -> str:

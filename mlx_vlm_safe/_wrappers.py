@@ -28,8 +28,9 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ._results import INCOMPLETE, empty_result, text_end
+from ._results import INCOMPLETE, ZERO_TOKENS_END, empty_result, ran_out, text_end
 from ._state import IDLE, STATE, record_end
+from ._threads import arm, per_thread
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +50,10 @@ class Behaviour:
     def empty(self) -> object:
         """An empty result of the release's own shape."""
         return empty_result(self.shape, self.result_class, self.stats)
+
+    def zero_tokens(self) -> object:
+        """What ``generate(max_tokens=0)`` returns: empty, ended by length."""
+        return ran_out(self.empty())
 
 
 def _mark(wrapper: F, original: Callable[..., Any]) -> F:
@@ -106,6 +111,25 @@ _NO_ITEM: Any = object()  # "no never-empty guard" for ``_observed``
 _call_state = STATE.get
 
 
+def _end_call(end: tuple[int, bool, object, object]) -> None:
+    """Record how a stream ended on the running call's own state."""
+    state = _call_state()
+    if state is not IDLE:
+        state.end = end
+    else:
+        record_end(end)
+
+
+def _zero_tokens(item: object) -> Iterator[object]:
+    """The stream of ``max_tokens=0``: one empty item, ended by length.
+
+    Newest upstream's behaviour on every release: 0.1.0-0.5.0 raise
+    UnboundLocalError ('token') instead, and nothing is generated either way.
+    """
+    _end_call(ZERO_TOKENS_END)
+    yield item
+
+
 def _observed(
     stream: Iterator[object], max_tokens: object, empty_item: object = _NO_ITEM
 ) -> Iterator[object]:
@@ -121,11 +145,22 @@ def _observed(
     items = 0
     last: object = None
     reason: object = INCOMPLETE  # until the stream is exhausted
+    # Each thread that makes an item frees its mlx streams when it ends; the
+    # check is one attribute lookup, inline because it runs once per token.
+    thread = per_thread
     try:
+        try:
+            thread.guard  # noqa: B018
+        except AttributeError:
+            arm()
         for item in stream:
             items += 1
             last = item
             yield item
+            try:  # resumed, maybe on another thread: it makes the next item
+                thread.guard  # noqa: B018
+            except AttributeError:
+                arm()
         reason = getattr(last, "finish_reason", None)
     finally:
         tokens = getattr(last, "generation_tokens", items)
@@ -179,6 +214,7 @@ def wrap_stream_generate(
     """
     default_max_tokens = behaviour.default_max_tokens
     empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
+    zero_item = ran_out(behaviour.empty_item)
 
     def observed(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
@@ -186,8 +222,10 @@ def wrap_stream_generate(
 
     def stream_generate(*args: object, **kwargs: object) -> Iterator[object]:
         max_tokens = kwargs.get("max_tokens", default_max_tokens)
-        if max_tokens.__class__ is not int or max_tokens < 0:
+        if max_tokens.__class__ is not int or max_tokens < 1:
             check_max_tokens(kwargs)
+            if max_tokens == 0:
+                return _zero_tokens(zero_item)
         if retrying is None or _call_state().active:
             return _observed(original(*args, **kwargs), max_tokens, empty_item)
         stream = retrying(observed, args, kwargs)
@@ -222,9 +260,16 @@ def wrap_generate(
     def generate(*args: object, **kwargs: object) -> object:
         max_tokens = kwargs.get("max_tokens")
         if max_tokens is not None and (
-            max_tokens.__class__ is not int or max_tokens < 0
+            max_tokens.__class__ is not int or max_tokens < 1
         ):
             check_max_tokens(kwargs)
+            if max_tokens == 0:
+                _end_call(ZERO_TOKENS_END)
+                return behaviour.zero_tokens()
+        try:  # 0.1.0-0.1.6 generate without a stream: arm the thread here too
+            per_thread.guard  # noqa: B018
+        except AttributeError:
+            arm()
         end_before = _call_state().end
         if call is None:
             result = original(*args, **kwargs)

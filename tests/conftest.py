@@ -28,7 +28,13 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._releases import Install, Release, expected_release, install_named
+from mlx_vlm_safe._releases import (
+    Install,
+    Release,
+    expected_release,
+    install_named,
+    streams_bound,
+)
 from mlx_vlm_safe.testing import (
     build_tiny_checkpoint,
     plant_fault,
@@ -97,6 +103,14 @@ def release(mlx_vlm: Any) -> Release:
     row = expected_release(mlx_vlm.__version__, env)
     assert row is not None, f"mlx-vlm {mlx_vlm.__version__} is not in the table"
     return row
+
+
+@pytest.fixture(scope="session")
+def bound(mlx_vlm: Any) -> bool:
+    """Whether the installed mlx binds streams to the thread that made them."""
+    import mlx.core as mx
+
+    return streams_bound(mx.__version__)
 
 
 @pytest.fixture(scope="session")

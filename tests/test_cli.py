@@ -29,14 +29,31 @@ from typing import Any
 import pytest
 
 from mlx_vlm_safe import _cli, _doctor, _doctor_text, _env, _launch
-from mlx_vlm_safe._releases import ENTRY_ERROR, Install, Release, release_for
+from mlx_vlm_safe._releases import (
+    ENTRY_ERROR,
+    Install,
+    Release,
+    release_for,
+    streams_bound,
+)
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BOOT_DIR = REPO / "mlx_vlm_safe" / "_bootstrap"
 PTH = "mlx_vlm_safe_autopatch.pth"
 TIMEOUT = 300  # generous bound for an interpreter that imports mlx-vlm on 2 cores
-ROOT_CAUSE = {"propagate_errors", "generate_off_metal", "never_empty_stream"}
+ROOT_CAUSE = {
+    "propagate_errors",
+    "generate_off_metal",
+    "never_empty_stream",
+    "thread_local_stream",
+}
+#: Whether this mlx binds streams to their thread (adds the thread fix).
+BOUND = streams_bound(md.version("mlx"))
+
+
+def _fixes(release: Release) -> tuple[str, ...]:
+    return release.fixes_on(BOUND)
 
 
 def _environ(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
@@ -81,7 +98,7 @@ def _doctor_json(
 
 
 def _expected_code(release: Release) -> int:
-    return _doctor.AFFECTED_FIXED if ROOT_CAUSE & set(release.fixes) else 0
+    return _doctor.AFFECTED_FIXED if ROOT_CAUSE & set(_fixes(release)) else 0
 
 
 @pytest.fixture(scope="module")
@@ -241,10 +258,11 @@ def test_doctor_json_reports_this_release(
     probes = {p["name"]: p["outcome"] for p in d["probes"]}
     assert probes["wired_limit"] == release.wired_limit
     assert probes["empty_stream"] == release.empty_stream
+    assert probes["thread_stream"] == release.thread_verdict(BOUND)
     assert d["patch"]["status"] == "patched"
     assert d["patch"]["active"] is True
-    assert {f["name"] for f in d["patch"]["fixes"]} == set(release.fixes)
-    assert d["affected"] is bool(ROOT_CAUSE & set(release.fixes))
+    assert {f["name"] for f in d["patch"]["fixes"]} == set(_fixes(release))
+    assert d["affected"] is bool(ROOT_CAUSE & set(_fixes(release)))
     verdicts = " ".join(d["verdicts"])
     yes = release.wired_limit == "swallows"
     assert f"NoneType/token crash: {'YES' if yes else 'no'}" in verdicts
@@ -304,12 +322,13 @@ def test_doctor_live_generates_on_the_tiny_checkpoint(
     assert live["tokens"] == release.tokens_for(_doctor.LIVE_TOKENS)
     assert live["finish_reason"] == "length"
     assert live["text"]
+    assert live["worker_thread_same"] is True
 
 
 @pytest.mark.subprocess
 def test_doctor_with_the_kill_switch_says_not_fixed(release: Release) -> None:
     code, d = _doctor_json(extra={"MLX_VLM_SAFE_DISABLE": "1"})
-    affected = bool(ROOT_CAUSE & set(release.fixes))
+    affected = bool(ROOT_CAUSE & set(_fixes(release)))
     expected = _doctor.ERROR if affected else _doctor.HEALTHY
     if release.fails_on_entry:  # and nothing replaces wired_limit now
         expected = _doctor.CANNOT_GENERATE
@@ -318,6 +337,7 @@ def test_doctor_with_the_kill_switch_says_not_fixed(release: Release) -> None:
     assert d["patch"]["active"] is False
     probes = {p["name"]: p["outcome"] for p in d["probes"]}
     assert probes["wired_limit"] == release.wired_limit  # probed all the same
+    assert probes["thread_stream"] == release.thread_verdict(BOUND)
     if affected:
         assert any("NOT fixed in this process" in v for v in d["verdicts"])
 

@@ -123,8 +123,9 @@ def test_patch_and_calls_from_many_threads(
 ) -> None:
     """Concurrent patch/unpatch while generating: calls succeed, never two layers.
 
-    The generation runs on the main thread: mlx streams are thread-local, and
-    mlx-vlm's generation stream belongs to the thread that imported it. On a
+    The generation runs on the main thread, because a call from a worker that
+    lands while unpatched meets the release's own stream, which may belong to
+    the importing thread (tests/test_threads.py covers worker threads). On a
     release that cannot generate off Metal unpatched (0.1.22-0.3.1), a call
     that lands between an unpatch() and a patch() fails on entry, exactly as
     the release does; every other call, and the one after the churn, succeeds.

@@ -28,15 +28,16 @@ from mlx_vlm_safe._releases import (
 
 
 def test_installed_release_is_classified_as_the_table_says(
-    mlx_vlm: Any, release: Release
+    mlx_vlm: Any, release: Release, bound: bool
 ) -> None:
     """Probes on the loaded code agree with the measured matrix for this release."""
     report = mlx_vlm_safe.report()
     assert report.layout == release.layout
     assert report.probe("wired_limit") == release.wired_limit
+    assert report.probe("thread_stream") == release.thread_verdict(bound)
     assert report.probe("empty_stream") == release.empty_stream
     assert report.probe("result_shape") == release.shape
-    assert report.fix_names() == release.fixes
+    assert report.fix_names() == release.fixes_on(bound)
 
 
 def test_layout_points_at_the_real_home(mlx_vlm: Any, release: Release) -> None:

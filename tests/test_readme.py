@@ -131,7 +131,7 @@ _FENCE = re.compile(
     r"^(?P<indent> *)```python *\n(?P<body>.*?)^(?P=indent)``` *$", re.M | re.S
 )
 #: First line of a block that is not a whole program: the block runs after
-#: the most recent whole one (it says which, in its own words).
+#: the whole one it names (see ``examples``).
 CONTINUES = "# continues "
 #: First line of a block that is a pytest test file: written there and run.
 PYTEST_FILE = re.compile(r"^# (test_\w+\.py)\b")
@@ -147,24 +147,39 @@ class Example:
     filename: str = ""
 
 
+_HEADING = re.compile(r"^#{2,4} (.+)$", re.M)
+_CONTINUES = re.compile(r"^# continues the (?:(?P<name>.+?) example\b|example above)")
+
+
 def examples(readme: str) -> list[Example]:
-    """Every fenced python block of ``readme``, classified; none left out."""
+    """Every fenced python block of ``readme``, classified; none left out.
+
+    ``# continues the example above`` runs after the most recent whole
+    program; ``# continues the NAME example`` after the most recent one under
+    a heading that contains NAME.
+    """
     found: list[Example] = []
-    last_program = ""
+    programs: list[tuple[str, str]] = []  # (heading, code)
     for match in _FENCE.finditer(readme):
         line = readme.count("\n", 0, match.start()) + 1
+        headings = _HEADING.findall(readme, 0, match.start())
+        heading = headings[-1] if headings else ""
         code = textwrap.dedent(
             "\n".join(ln[len(match["indent"]) :] for ln in match["body"].splitlines())
         )
         first = code.splitlines()[0] if code.strip() else ""
         pytest_file = PYTEST_FILE.match(first)
+        continues = _CONTINUES.match(first)
         if pytest_file:
             found.append(Example(line, "pytest", code, pytest_file[1]))
         elif first.startswith(CONTINUES):
-            assert last_program, f"README line {line}: continues nothing"
-            found.append(Example(line, "continuation", last_program + "\n" + code))
+            assert continues, f"README line {line}: say which example: {first!r}"
+            name = continues["name"]
+            base = [c for h, c in programs if name is None or name in h]
+            assert base, f"README line {line}: no {name or 'earlier'} example"
+            found.append(Example(line, "continuation", base[-1] + "\n" + code))
         else:
-            last_program = code
+            programs.append((heading, code))
             found.append(Example(line, "program", code))
     return found
 
