@@ -38,6 +38,15 @@ nox.options.default_venv_backend = "uv"
 nox.options.reuse_existing_virtualenvs = False
 nox.options.error_on_missing_interpreters = True
 nox.options.sessions = ["lint", "matrix"]
+# Offline but for the package index: never download an interpreter (nox would
+# ask uv to, and uv would try on its own too). An environment whose Python is
+# not installed runs on the runner's own interpreter instead (_interpreter).
+nox.options.download_python = "never"
+os.environ["UV_PYTHON_DOWNLOADS"] = "never"
+# Trust the machine's certificate store (where an HTTPS proxy's CA goes), as
+# pip does, rather than only uv's built-in roots (UV_NATIVE_TLS: older uv).
+os.environ.setdefault("UV_SYSTEM_CERTS", "1")
+os.environ.setdefault("UV_NATIVE_TLS", "1")
 
 #: How many ``tests`` sessions ``matrix`` runs at once (2 cores here and in CI).
 JOBS = int(os.environ.get("MLX_VLM_SAFE_JOBS", "2"))
@@ -194,22 +203,49 @@ def _check_against_table() -> None:
 _check_against_table()
 
 
-def _deselected(env_id: str) -> list[str]:
-    """``--deselect`` arguments the table gives for this environment."""
+def _row(env_id: str) -> Any:
+    """The table's row (with facts) for this environment; None for ``latest``."""
     env = ENVIRONMENTS[env_id]
     version = _version_of(env_id)
     install = TABLE.install_named(env.matrix_env)
     if install is not None:
-        row = install.release()
-    elif version is not None:
-        row = TABLE.release_for(version).at(version)
-    else:
-        return []  # latest: whatever it is, the whole suite
-    return [arg for node in row.deselected() for arg in ("--deselect", node)]
+        return install.release()
+    if version is not None:
+        return TABLE.release_for(version).at(version)
+    return None  # latest: whatever it is, the whole suite
+
+
+def _deselected(env_id: str) -> list[str]:
+    """``--deselect`` arguments the table gives for this environment."""
+    row = _row(env_id)
+    if row is None:
+        return []
+    server = tuple(node for node, _ in TABLE.server_deselected(row))
+    nodes = (*row.deselected(), *server, *_interpreter(env_id).deselected)
+    return [arg for node in dict.fromkeys(nodes) for arg in ("--deselect", node)]
+
+
+#: The interpreter behind the one running nox (a virtualenv's base Python):
+#: what an environment runs on when the Python it asks for is not installed.
+RUNNER_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 
 
 @functools.cache
-def _interpreter(version: str) -> str:
+def _python_version(exe: str) -> tuple[int, ...] | None:
+    """``exe``'s (major, minor, micro), or None if it does not run."""
+    probe = subprocess.run(
+        [exe, "-c", "import sys; print(*sys.version_info[:3])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0 or not probe.stdout.strip():
+        return None
+    return tuple(int(x) for x in probe.stdout.split())
+
+
+@functools.cache
+def _installed(version: str) -> str | None:
     """A real interpreter for ``version``: on PATH, or from pyenv's versions.
 
     pyenv's ``python3.12`` shim fails unless 3.12 is selected, and neither
@@ -232,10 +268,52 @@ def _interpreter(version: str) -> str:
         candidate = os.path.join(bindir, f"python{version}")
         if os.access(candidate, os.X_OK):
             return candidate
-    return version  # nox reports the missing interpreter and fails
+    return None
 
 
-@nox.session(python=PYTHON)
+@dataclasses.dataclass(frozen=True)
+class Interpreter:
+    """The Python an environment runs on, and what that costs it."""
+
+    wanted: str
+    path: str
+    version: tuple[int, ...]
+    #: ``--deselect``-ed node ids, because ``version`` is not ``wanted``.
+    deselected: tuple[str, ...] = ()
+
+    @property
+    def substitute(self) -> bool:
+        return self.version[:2] != tuple(int(x) for x in self.wanted.split("."))
+
+    def describe(self) -> str:
+        """One line for the log: which Python, and why if not the wanted one."""
+        text = f"python {'.'.join(map(str, self.version))} ({self.path})"
+        if self.substitute:
+            text += f"; wanted {self.wanted}, not installed"
+            if self.deselected:
+                text += f": deselected {', '.join(self.deselected)}"
+        return text
+
+
+@functools.cache
+def _interpreter(env_id: str) -> Interpreter:
+    """The interpreter ``env_id`` runs on: its own Python, else the runner's.
+
+    Never downloaded (CI is offline but for the package index). The tests
+    that need the wanted Python are deselected, by name, on a substitute:
+    the table (``_releases.python_deselected``) says which.
+    """
+    env = ENVIRONMENTS[env_id]
+    path = _installed(env.python) or RUNNER_PYTHON
+    version = _python_version(path)
+    if version is None:  # the runner's own interpreter always runs
+        path, version = RUNNER_PYTHON, tuple(sys.version_info[:3])
+    row = _row(env_id)
+    deselected = TABLE.python_deselected(row, version) if row is not None else ()
+    return Interpreter(env.python, path, version, deselected)
+
+
+@nox.session(python=_installed(PYTHON) or RUNNER_PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff (lint + format) and mypy --strict over the package."""
     session.install("-e", ".[dev]", "mlx[cpu]")
@@ -245,8 +323,7 @@ def lint(session: nox.Session) -> None:
 
 
 _PARAMS = [
-    nox.param(_interpreter(env.python), env_id, id=env_id)
-    for env_id, env in ENVIRONMENTS.items()
+    nox.param(_interpreter(env_id).path, env_id, id=env_id) for env_id in ENVIRONMENTS
 ]
 
 
@@ -267,14 +344,24 @@ def tests(session: nox.Session, env_id: str) -> None:
     session.install("mlx[cpu]", *first, "-e", ".[tests]", *constraints)
     for step in later:  # installed over the previous step, files and all
         session.install(*step, *constraints)
+    session.log(f"tests({env_id}): {_interpreter(env_id).describe()}")
     session.run(
         "python",
         "-c",
-        "import importlib.metadata as m, mlx_vlm; print('mlx-vlm', "
+        "import importlib.metadata as m, mlx_vlm, sys; print('mlx-vlm', "
         "mlx_vlm.__version__, 'metadata', m.packages_distributions()['mlx_vlm'], "
-        "'mlx', m.version('mlx'))",
+        "'mlx', m.version('mlx'), 'on python', sys.version.split()[0], "
+        "sys.executable)",
     )
-    lean = [] if env_id in TABLE.FRESH_INTERPRETER_ENVS else ["-m", "not subprocess"]
+    # Everywhere else: every in-process test, and mlx-vlm's own server end to
+    # end (tests/test_server.py, marker "server") where the table says it applies.
+    lean = (
+        []
+        if env_id in TABLE.FRESH_INTERPRETER_ENVS
+        else ["-m", "not subprocess or server"]
+    )
+    for node, reason in TABLE.server_deselected(_row(env_id)) if _row(env_id) else ():
+        session.log(f"deselected {node}: {reason}")
     session.run(
         "python",
         "-m",
@@ -368,6 +455,7 @@ def matrix(session: nox.Session) -> None:
         verdict = "passed" if code == 0 else "FAILED"
         summary = _summary_of(_LOGS / f"{env_id}.log")
         print(f"  {env_id:<13} {verdict:<6} {seconds:4.0f}s  {summary}")
+        print(f"  {'':<13} {_interpreter(env_id).describe()}")
     totals = {"passed": 0, "failed": 0}
     for env_id in results:
         summary = _summary_of(_LOGS / f"{env_id}.log")

@@ -3,8 +3,9 @@
 Strictly private. Builds the tiny checkpoint into the cache directory, loads
 it with the real ``mlx_vlm.load()``, and makes the same calls twice on the
 installed release, first exactly as mlx-vlm ships, then patched, printing
-what the caller gets each time. The output is meant to be pasted into a bug
-report or a README.
+what the caller gets each time, then a legend. Messages are shown in full,
+wrapped within their column. The output is meant to be pasted into a bug
+report; the README's sample is this output (``python -m mlx_vlm_safe._readme``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import functools
 import io
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
@@ -30,11 +32,27 @@ class Scenario:
     fault: Callable[[], contextlib.AbstractContextManager[Any]] | None = None
 
 
-def _scenarios() -> list[Scenario]:
+#: Width of the two outcome columns; longer messages wrap, never get cut.
+COLUMN = 44
+
+LEGEND = (
+    "[length]/[stop]/[empty]: why a patched generation ended, from "
+    "mlx_vlm_safe.last_outcome(): max_tokens reached / the model stopped / "
+    "nothing was generated.",
+    "The errors after 3 tokens, Ctrl-C and the empty stream are planted on "
+    "purpose (mlx_vlm_safe.testing.plant_fault, empty_stream) inside the real "
+    "generation; the other rows are real calls with arguments as they arrive "
+    "from configs and JSON.",
+    "The text is gibberish on purpose: the built-in tiny model has random "
+    "weights; only its token counts and errors matter.",
+)
+
+
+def _scenarios(max_tokens: int) -> list[Scenario]:
     from .testing import empty_stream, plant_fault
 
     return [
-        Scenario("normal call, max_tokens=8", {}),
+        Scenario(f"normal call, max_tokens={max_tokens}", {}),
         Scenario("repetition_penalty=1 (int from a config)", {"repetition_penalty": 1}),
         Scenario("temperature='0.7' (str from JSON)", {"temperature": "0.7"}),
         Scenario(
@@ -75,7 +93,7 @@ def _outcome(call: Callable[[], object], patched: bool) -> str:
     except KeyboardInterrupt:
         return "KeyboardInterrupt (Ctrl-C reached the caller)"
     except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc)[:48]}"
+        return f"{type(exc).__name__}: {exc}"
     described = _describe(result)
     outcome = last_outcome() if patched else None
     return f"{described} [{outcome.finish_reason}]" if outcome else described
@@ -111,7 +129,7 @@ def run(out: TextIO = sys.stdout, max_tokens: int = 8) -> int:
         + f"checkpoint: {checkpoint}\n\n"
     )
     rows: list[tuple[str, str, str]] = []
-    for scenario in _scenarios():
+    for scenario in _scenarios(max_tokens):
         cells = []
         for patched in (False, True):
             if patched:
@@ -130,16 +148,41 @@ def run(out: TextIO = sys.stdout, max_tokens: int = 8) -> int:
                 )
         rows.append((scenario.title, cells[0], cells[1]))
     _patch.patch()
-    widths = [
-        max(len(r[i]) for r in [*rows, ("call", "unpatched", "patched")])
-        for i in range(3)
-    ]
-    header = ("call", "what the caller gets unpatched", "patched (mlx_vlm_safe)")
-    for row in (header, *rows):
-        out.write(
-            "  ".join(
-                cell.ljust(w) for cell, w in zip(row, widths, strict=True)
-            ).rstrip()
-            + "\n"
-        )
+    _table(out, rows)
+    out.write("\n" + "".join(_wrapped(line, 88, "- ", "  ") for line in LEGEND))
     return 0
+
+
+def _wrapped(text: str, width: int, first: str = "", later: str = "") -> str:
+    return (
+        textwrap.fill(
+            text,
+            width,
+            initial_indent=first,
+            subsequent_indent=later,
+            break_on_hyphens=False,
+        )
+        + "\n"
+    )
+
+
+def _table(out: TextIO, rows: list[tuple[str, str, str]]) -> None:
+    """Print ``rows`` in three columns, wrapping long cells within theirs."""
+    header = ("call", "what the caller gets unpatched", "patched (mlx_vlm_safe)")
+    lines = [
+        [
+            textwrap.wrap(cell, COLUMN, break_on_hyphens=False) or [""] if i else [cell]
+            for i, cell in enumerate(row)
+        ]
+        for row in (header, *rows)
+    ]
+    widths = [max(len(ln) for row in lines for ln in row[i]) for i in range(3)]
+    for row in lines:
+        for k in range(max(len(cell) for cell in row)):
+            parts = [cell[k] if k < len(cell) else "" for cell in row]
+            out.write(
+                "  ".join(
+                    p.ljust(w) for p, w in zip(parts, widths, strict=True)
+                ).rstrip()
+                + "\n"
+            )

@@ -407,7 +407,7 @@ def _examine(live: bool) -> _Findings:
             verdicts=[
                 f"mlx-vlm is not installed for {sys.executable}: nothing to patch. "
                 "mlx_vlm_safe does not bring it along; on Linux: pip install "
-                '"mlx-vlm-safe[mlx-vlm]" "mlx[cpu]".'
+                'mlx-vlm "mlx[cpu]".'
             ],
         )
     try:

@@ -31,6 +31,18 @@ def _wrap(bullet: str, text: str) -> str:
     )
 
 
+def _this_process(d: Diagnosis) -> str:
+    """The patch in doctor's own process, and whether it was there at start."""
+    if not d.patch.active:
+        return d.patch.status
+    if d.activation.activated_at_start:  # mlx-vlm-safe run, or the .pth hook
+        return (
+            f"{d.patch.status} (active already at start-up: mlx-vlm-safe run or "
+            f"{AUTOPATCH}=1 activated it)"
+        )
+    return f"{d.patch.status} (active)"
+
+
 def render(d: Diagnosis) -> str:
     """The human-readable form: facts, probes, patch, then verdicts."""
     v = d.packages
@@ -74,9 +86,7 @@ def render(d: Diagnosis) -> str:
     variable = "unset" if a.autopatch_variable is None else repr(a.autopatch_variable)
     out += [
         "patch\n",
-        _row(
-            "this process", f"{d.patch.status}{' (active)' if d.patch.active else ''}"
-        ),
+        _row("this process", _this_process(d)),
         _row("fixes", ", ".join(f.name for f in d.patch.fixes) or "none"),
         _row("autopatch", f"{AUTOPATCH} {variable}"),
         _row(".pth hook", a.pth or "not installed (a checkout; use mlx-vlm-safe run)"),

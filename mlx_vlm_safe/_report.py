@@ -84,3 +84,40 @@ class Report:
     def fix_names(self) -> tuple[str, ...]:
         """Names of the fixes applied, in order."""
         return tuple(f.name for f in self.fixes)
+
+    def __str__(self) -> str:
+        """A readable multi-line summary; the fields themselves are the API."""
+        version = self.version or "-"
+        if self.metadata_version not in (None, self.version):
+            version += f" (metadata: mlx-vlm {self.metadata_version})"
+        lines = [
+            f"mlx_vlm_safe report: {self.status}"
+            + (" (active)" if self.active else ""),
+            f"  mlx-vlm      {version}",
+        ]
+        if self.distributions:
+            lines.append(f"  installed by {', '.join(self.distributions)}")
+        lines.append(f"  device       {self.device}")
+        lines.append(f"  layout       {self.layout} (generate in {self.home or '-'})")
+        lines += [
+            f"  probe        {p.name}: {p.outcome}"
+            + (f" ({p.detail})" if p.detail else "")
+            for p in self.probes
+        ]
+        for fix in self.fixes:
+            lines.append(f"  fix          {fix.name}: {fix.reason}")
+            lines += [f"                 replaces {t}" for t in fix.targets]
+        if not self.fixes:
+            lines.append("  fixes        none")
+        lines += [f"  unreachable  {name}" for name in self.unreachable]
+        lines += [f"  warning      {w}" for w in self.warnings]
+        shown = {
+            "status", "version", "metadata_version", "distributions", "device",
+            "layout", "home", "probes", "fixes", "unreachable", "warnings",
+        }  # fmt: skip
+        lines += [  # any field added later still shows
+            f"  {f.name:<12} {getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if f.name not in shown
+        ]
+        return "\n".join(lines)

@@ -126,29 +126,97 @@ needs_install = pytest.mark.skipif(
 # --------------------------------------------------------------------- usage
 
 
+#: Bad input -> (the usage shown, what its one error line says). The README's
+#: and the changelog's bad-input table is this list.
+BAD_INPUT = [
+    (["bogus"], "mlx-vlm-safe", "invalid choice: 'bogus'"),
+    (["--bogus"], "mlx-vlm-safe", "unrecognized arguments: --bogus"),
+    (["doctor", "--bogus"], "mlx-vlm-safe doctor", "unrecognized arguments: --bogus"),
+    (["doctor", "--json=yes"], "mlx-vlm-safe doctor", "ignored explicit argument"),
+    (["doctor", "extra"], "mlx-vlm-safe doctor", "unrecognized arguments: extra"),
+    (["demo", "--nope"], "mlx-vlm-safe demo", "unrecognized arguments: --nope"),
+    (["demo", "--max-tokens"], "mlx-vlm-safe demo", "expected one argument"),
+    (["demo", "--max-tokens", "-3"], "mlx-vlm-safe demo", "between 1 and 1024, got -3"),
+    (["demo", "--max-tokens", "0"], "mlx-vlm-safe demo", "between 1 and 1024, got 0"),
+    (["demo", "--max-tokens", "10**9"], "mlx-vlm-safe demo", "not a whole number"),
+    (
+        ["demo", "--max-tokens", "99999999"],
+        "mlx-vlm-safe demo",
+        "between 1 and 1024, got 99999999",
+    ),
+    (["demo", "--max-tokens", "abc"], "mlx-vlm-safe demo", "not a whole number: 'abc'"),
+    (["demo", "--max-tokens", "1.5"], "mlx-vlm-safe demo", "not a whole number"),
+    (["run"], "mlx-vlm-safe run", "run needs a command"),
+    (["run", "--"], "mlx-vlm-safe run", "run needs a command"),
+    (["run", "--bogus", "--", "python"], "mlx-vlm-safe run", "arguments: --bogus"),
+    (["run", "--", "--not-a-program"], "mlx-vlm-safe run", "got '--not-a-program'"),
+    (["run", "--", ""], "mlx-vlm-safe run", "not a command: ''"),
+    (["run", "--", " "], "mlx-vlm-safe run", "not a command: ' '"),
+]
+
+
 @pytest.mark.parametrize(
-    "argv",
-    [
-        ["bogus"],
-        ["doctor", "--bogus"],
-        ["demo", "--nope"],
-        ["run"],
-        ["run", "--"],
-        ["run", "--bogus", "--", "python"],
-        ["run", "--", "--not-a-program"],
-        ["--version"],
-    ],
-    ids=lambda a: " ".join(a) or "(none)",
+    ("argv", "prog", "message"),
+    BAD_INPUT,
+    ids=[" ".join(repr(a) if not a.strip() else a for a in b[0]) for b in BAD_INPUT],
 )
-def test_bad_usage_prints_usage_and_exits_2(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
+def test_bad_usage_prints_its_own_usage_one_error_line_and_exits_2(
+    argv: list[str], prog: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as info:
         _cli.main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: mlx-vlm-safe")
-    assert "error:" in err
+    assert err.startswith(f"usage: {prog} "), err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert errors == [errors[0]], err  # exactly one error line
+    assert errors[0].startswith(f"{prog}: error: "), err
+    assert message in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_version_prints_the_version_and_exits_0(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _cli.main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    try:
+        expected = md.version("mlx-vlm-safe")
+    except md.PackageNotFoundError:
+        expected = "(not installed: a checkout)"
+    assert out == f"mlx-vlm-safe {expected}\n"
+
+
+def test_a_failure_after_parsing_is_one_error_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlx_vlm_safe import _demo
+
+    def broken(**_: Any) -> int:
+        raise FileNotFoundError("[Errno 2] No such file or directory: '/proc/nope'")
+
+    monkeypatch.setattr(_demo, "run", broken)
+    assert _cli.main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "mlx-vlm-safe: error: FileNotFoundError: [Errno 2] No such file or "
+        "directory: '/proc/nope'\n"
+    )
+
+
+def test_ctrl_c_exits_130_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlx_vlm_safe import _doctor
+
+    def interrupted(**_: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_doctor, "run", interrupted)
+    assert _cli.main(["doctor"]) == 130
+    assert capsys.readouterr().err == "mlx-vlm-safe: interrupted\n"
 
 
 def test_no_subcommand_prints_help_and_exits_2(
@@ -665,3 +733,54 @@ def test_cli_module_is_importable_without_mlx() -> None:
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlx','mlx_vlm')))",
     )
     assert proc.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------- demo
+
+
+@pytest.mark.model
+def test_demo_labels_follow_max_tokens_and_messages_are_whole(
+    release: Release, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlx_vlm_safe import _demo
+
+    monkeypatch.setenv("MLX_VLM_SAFE_CACHE", str(tmp_path))
+    out = io.StringIO()
+    assert _demo.run(out=out, max_tokens=3) == 0
+    text = out.getvalue()
+    assert "normal call, max_tokens=3" in text
+    assert "max_tokens=8" not in text
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("call "))
+    table = lines[start : lines.index("", start)]
+    assert all(len(line) <= 40 + 2 * (_demo.COLUMN + 2) for line in table), text
+    joined = " ".join(" ".join(lines).split())  # undo the wrapping
+    if release.has("rejects_int_repetition_penalty"):
+        assert "must be a non-negative float, got 1" in joined, text
+    for legend in _demo.LEGEND:  # the legend, whole
+        assert " ".join(legend.split()) in joined, text
+    assert "[length]" in text
+
+
+def test_report_str_is_a_readable_multi_line_summary(release: Release) -> None:
+    import mlx_vlm_safe
+
+    report = mlx_vlm_safe.report()
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0] == "mlx_vlm_safe report: patched (active)"
+    assert len(lines) > 5
+    assert all(len(line) < 200 for line in lines), text
+    for fix in report.fixes:
+        assert f"fix          {fix.name}: " in text
+    for probe in report.probes:
+        assert f"probe        {probe.name}: {probe.outcome}" in text
+    assert repr(report).startswith("Report(status='patched'")  # the dataclass
+
+
+@pytest.mark.subprocess
+def test_doctor_started_by_run_says_the_patch_was_already_active() -> None:
+    proc = _cli_run("run", "--", sys.executable, "-m", "mlx_vlm_safe", "doctor")
+    assert "this process  patched (active already at start-up" in proc.stdout
+    plain = _cli_run("doctor")  # the control: doctor patched only itself
+    assert "this process  patched (active)\n" in plain.stdout

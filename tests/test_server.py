@@ -24,11 +24,16 @@ generation fail depends on the request model in front of ``generate()`` (see
 ``stream_generate`` (a JSON ``"0.7"`` temperature does not: it is typed float
 and coerced); on 0.6+ ``logit_bias`` is untyped and a string reaches sampling.
 
-Where a release's server cannot start or cannot serve the tiny checkpoint
-with an image data URL (0.1.26-0.3.2 read data URLs as file names, 0.2.0's
-``load()`` is broken, 0.6.0's chat path fails on the checkpoint's processor),
-the tests skip with the server's own error, after checking that the same
-server without ``run`` fails the same way. Every server started here is
+Which releases run these tests, and which tests, is the release table's
+word (``_releases.server_deselected``; the noxfile deselects the rest by
+name and the README's coverage line is generated from the same function):
+0.1.26-0.3.2 are sent a local file name instead of a data URL (they read a
+data URL as a file name); 0.2.0 (``load()`` broken) and 0.6.0 (its chat path
+fails on the checkpoint's processor) do not run them; on 0.5.0 no request
+parameter reaches a failing generation, so only the good request runs. Where
+the table says a test applies, a server that cannot start or serve fails it
+(never a skip); run by hand where the table says it does not, it skips with
+the table's reason. Every server started here is
 stopped by its fixture, whatever happens (process-group kill, bounded waits).
 """
 
@@ -54,10 +59,10 @@ from typing import Any
 
 import pytest
 
-from mlx_vlm_safe._releases import ENTRY_ERROR, Release
+from mlx_vlm_safe._releases import ENTRY_ERROR, Release, server_deselected
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 
-pytestmark = [pytest.mark.subprocess, pytest.mark.model]
+pytestmark = [pytest.mark.subprocess, pytest.mark.model, pytest.mark.server]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NONE_DEFECT = "'NoneType' object has no attribute 'token'"
@@ -155,8 +160,8 @@ def _free_port() -> int:
 def _server_source() -> str:
     """The source of ``mlx_vlm.server`` (all of it, for the 0.6+ package)."""
     spec = importlib.util.find_spec("mlx_vlm.server")
-    if spec is None or spec.origin is None:
-        pytest.skip("this mlx-vlm release has no mlx_vlm.server (before 0.1.26)")
+    assert spec is not None, "no mlx_vlm.server: the table says there is one"
+    assert spec.origin is not None
     origin = pathlib.Path(spec.origin)
     sources = origin.parent.glob("*.py") if origin.name == "__init__.py" else [origin]
     return "".join(p.read_text(errors="replace") for p in sources)
@@ -265,6 +270,26 @@ class _ServerDied(Exception):
 RUN = [sys.executable, "-m", "mlx_vlm_safe", "run", "--"]
 
 
+def _skip_if_deselected(release: Release, node: str) -> None:
+    """Run by hand where the table says a test does not apply: say why, skip.
+
+    CI never gets here: the noxfile deselects those tests by name.
+    """
+    for deselected, reason in server_deselected(release):
+        if deselected == node:
+            pytest.skip(f"the release table deselects this here: {reason}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_applies(release: Release) -> None:
+    _skip_if_deselected(release, "tests/test_server.py")
+
+
+@pytest.fixture(autouse=True)
+def _test_applies(request: pytest.FixtureRequest, release: Release) -> None:
+    _skip_if_deselected(release, f"tests/test_server.py::{request.node.originalname}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Trigger:
     """Request parameters that make this release's generation fail, and why."""
@@ -282,14 +307,13 @@ def _trigger(api: Api, release: Release) -> Trigger:
     Read from the release table (the server binding decides which request
     model is in front of ``generate()``) and from the server's source: the
     table's 0.3.11-0.5.0 row says V2, but 0.5.0 serves through a
-    ResponseGenerator (V2+RG in the matrix doc). Skips (with the reason) where no
-    parameter is known to reach generation: 0.5.0's ResponseGenerator path
-    (V2+RG) takes its own defaults for everything tried (max_output_tokens=0,
-    a str logit_bias, a str temperature, an int repetition_penalty).
+    ResponseGenerator (V2+RG in the matrix doc). Where no parameter is known
+    to reach generation (0.5.0: fact ``server_ignores_bad_params``) these
+    tests are deselected.
     """
     batching = "ResponseGenerator" in _server_source()  # 0.5.0 (V2+RG) and 0.6+
     if (
-        release.server == "V2"
+        release.server in ("V1", "V2")
         and release.has("max_tokens_zero_raises")
         and not batching
     ):
@@ -305,20 +329,29 @@ def _trigger(api: Api, release: Release) -> Trigger:
         return Trigger(
             {"logit_bias": "not-a-mapping"}, ("object has no attribute 'keys'",)
         )
-    pytest.skip(
+    pytest.fail(
         f"no request parameter is known to make generation fail through "
         f"{api.path} on this release's server (binding {release.server}"
-        f"{', serving through a ResponseGenerator' if batching else ''}): its "
-        "continuous-batching path ignores max_output_tokens=0, a str logit_bias, "
-        "a str temperature and an int repetition_penalty"
+        f"{', serving through a ResponseGenerator' if batching else ''}), and "
+        "the table (fact server_ignores_bad_params) does not say so"
     )
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str]:
+def assets(
+    tmp_path_factory: pytest.TempPathFactory, release: Release
+) -> tuple[pathlib.Path, str]:
+    """The checkpoint, and the image as a client sends it to this release.
+
+    A data URL, as a remote client would send it; a local file name where the
+    release reads a data URL as a file name (the table's fact
+    ``server_reads_data_url_as_path``): the server runs on this machine.
+    """
     root = tmp_path_factory.mktemp("server-assets")
-    image = tiny_image_path(root).read_bytes()
-    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    path = tiny_image_path(root)
+    url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    if release.has("server_reads_data_url_as_path"):
+        url = str(path)
     return build_tiny_checkpoint(root / "checkpoint"), url
 
 
@@ -326,7 +359,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str]
 def _started(
     prefix: list[str], name: str, checkpoint: pathlib.Path, workdir: pathlib.Path
 ) -> Iterator[Server]:
-    """A running server; skip (with the release's own error) if it cannot start."""
+    """A running server; the test fails (with the server's error) if it cannot start."""
     try:
         with _serving(prefix, checkpoint, workdir, name) as server:
             yield server
@@ -337,7 +370,7 @@ def _started(
                 _serving([], checkpoint, workdir, "control-start"),
             ):
                 pytest.fail(f"the server dies under `run` only:\n{died.tail}")
-        pytest.skip(f"this release's server cannot start here: {died.last_line}")
+        pytest.fail(f"this release's server cannot start here:\n{died.tail}")
 
 
 def _serving_api(
@@ -391,7 +424,7 @@ def patched(
             control: Plain = request.getfixturevalue("plain")
             if control.api is not None:
                 pytest.fail(f"serves unpatched but not under `run`: {failures}")
-            pytest.skip(
+            pytest.fail(
                 f"this release's server cannot serve the tiny checkpoint: {failures}"
             )
         yield server, api
@@ -445,10 +478,10 @@ def test_unpatched_server_shows_what_the_patch_fixes(
     plain: Plain, assets: tuple[pathlib.Path, str], release: Release
 ) -> None:
     # The control: the same release, the same bad request, no mlx_vlm_safe.
-    if plain.api is None:
-        pytest.skip(
-            f"this release's server cannot serve the tiny checkpoint: {plain.failures}"
-        )
+    if plain.api is None:  # the patch is what makes it serve at all
+        assert release.fails_on_entry, plain.failures
+        assert all(re.search(ENTRY_ERROR, f) for f in plain.failures), plain.failures
+        return
     trigger = _trigger(plain.api, release)
     status, detail = _bad(plain.server, plain.api, trigger, assets)
     assert 500 <= status < 600, f"{status} {detail}"
