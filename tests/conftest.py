@@ -43,6 +43,15 @@ from mlx_vlm_safe.testing import (
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+#: A text model whose KV cache grows fast, for the memory guard's tests:
+#: 12 layers x 2 x 4 KV heads x 64 x 4 bytes = 24 KiB per position.
+WIDE = {
+    "hidden_size": 256,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "head_dim": 64,
+}
 NONE_DEFECT = "'NoneType' object has no attribute"
 #: Set by the nox sessions that are not one upstream release (``INSTALLS``).
 MATRIX_ENV = "MLX_VLM_SAFE_MATRIX_ENV"

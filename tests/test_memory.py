@@ -28,16 +28,9 @@ from mlx_vlm_safe._classify import Verdict, classify
 from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
 
-from .conftest import Tiny
+from .conftest import WIDE, Tiny
 
 TOLERANCE = 2**20
-WIDE = {
-    "hidden_size": 256,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "head_dim": 64,
-}
 
 
 @pytest.fixture(autouse=True)

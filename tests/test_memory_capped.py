@@ -30,6 +30,8 @@ import pytest
 
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 
+from .conftest import WIDE
+
 pytestmark = [
     pytest.mark.subprocess,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux limits"),
@@ -37,14 +39,6 @@ pytestmark = [
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
-#: 12 layers x 2 x 4 KV heads x 64 x 4 bytes = 24 KiB per position.
-WIDE = {
-    "hidden_size": 256,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "head_dim": 64,
-}
 STEP_BYTES = 256 * 12 * 2 * 4 * 64 * 4  # 6 MiB
 #: One step (6 MiB) and the prefill fit, with the runner's 1 MiB margin; two
 #: steps (12 MiB) do not.
