@@ -310,9 +310,9 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     _STATE.probes = tuple(probes)
     _STATE.status = "patched"
     _STATE.armed = False
-    _log.info(
-        "mlx_vlm_safe: patched mlx-vlm %s: %s", version, [f.name for f in _fixes()]
-    )
+    names = [fix for _, _, fix in _STATE.replacements.values()]
+    names += dict(_STATE.riders)  # the riders' names
+    _log.info("mlx_vlm_safe: patched mlx-vlm %s: %s", version, names)
 
 
 def _sync_with_import_side_effect() -> None:
