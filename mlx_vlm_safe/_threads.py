@@ -27,13 +27,9 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import Literal
-
 from ._probe import Probe, describe
 
-Verdict = Literal["any_thread", "bound_to_importing_thread", "no_stream"]
-
-#: The module global mlx-vlm's generation code runs under (0.1.25+).
+#: The module global mlx-vlm's generation code runs under (0.1.22+).
 STREAM_NAME = "generation_stream"
 PROBE_NAME = "thread_stream"
 
