@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+
 from ._probe import Probe, describe
 
 #: The module global mlx-vlm's generation code runs under (0.1.22+).
