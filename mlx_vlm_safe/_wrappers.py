@@ -115,22 +115,13 @@ _NO_ITEM: Any = object()  # "no never-empty guard" for ``_observed``
 _call_state = STATE.get
 
 
-def _end_call(end: tuple[int, bool, object, object]) -> None:
-    """Record how a stream ended on the running call's own state."""
-    state = _call_state()
-    if state is not IDLE:
-        state.end = end
-    else:
-        record_end(end)
-
-
 def _zero_tokens(item: object) -> Iterator[object]:
     """The stream of ``max_tokens=0``: one empty item, ended by length.
 
     Newest upstream's behaviour on every release: 0.1.0-0.5.0 raise
     UnboundLocalError ('token') instead, and nothing is generated either way.
     """
-    _end_call(ZERO_TOKENS_END)
+    record_end(ZERO_TOKENS_END)
     yield item
 
 
@@ -271,7 +262,7 @@ def wrap_generate(
         ):
             check_max_tokens(kwargs)
             if max_tokens == 0:
-                _end_call(ZERO_TOKENS_END)
+                record_end(ZERO_TOKENS_END)
                 return behaviour.zero_tokens()
         try:  # 0.1.0-0.1.6 generate without a stream: arm the thread here too
             per_thread.guard  # noqa: B018
