@@ -295,19 +295,13 @@ def _on_worker_thread(call: Any) -> tuple[object, BaseException | None]:
     return box[0], error if isinstance(error, BaseException) else None
 
 
-def _text_of(result: object) -> str:
-    if isinstance(result, tuple):  # 0.1.26-0.2.0: (text, stats)
-        result = result[0]
-    return result if isinstance(result, str) else str(getattr(result, "text", ""))
-
-
 def _live(mlx_vlm: ModuleType, home: str | None) -> Live:
     """Generate ``LIVE_TOKENS`` tokens on the tiny checkpoint, for real.
 
     Twice: on this thread, then on a worker thread (where web servers and
     thread pools call ``generate()``), which must give the same greedy answer.
     """
-    from ._results import last_outcome
+    from ._results import last_outcome, text_of
     from .testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
 
     generate = getattr(mlx_vlm, "generate", None)
@@ -333,13 +327,13 @@ def _live(mlx_vlm: ModuleType, home: str | None) -> Live:
     except Exception as exc:
         return Live(ok=False, seconds=time.perf_counter() - start, error=_describe(exc))
     seconds = time.perf_counter() - start
-    text = _text_of(result)
+    text = str(text_of(result))
     tokens = getattr(result, "generation_tokens", None)
     outcome = last_outcome()
     if not isinstance(tokens, int):  # str and tuple results carry no count
         tokens = outcome.generation_tokens if outcome else None
     other, error = _on_worker_thread(call)
-    same = error is None and _text_of(other) == text
+    same = error is None and str(text_of(other)) == text
     failure: str | None = None
     if error is not None:
         failure = f"on a worker thread: {_describe(error)}"

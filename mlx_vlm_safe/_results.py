@@ -130,6 +130,13 @@ def ran_out(item: object) -> object:
     return item
 
 
+def text_of(result: object) -> object:
+    """The text of a result of any release's shape (str, tuple, ``.text``)."""
+    if isinstance(result, tuple):
+        return result[0] if result else ""
+    return result if isinstance(result, str) else getattr(result, "text", "")
+
+
 def text_end(text: object) -> StreamEnd:
     """The :data:`StreamEnd` of a ``generate()`` that drove no stream."""
     return (0, not text, "stop" if text else None, None)

@@ -30,7 +30,14 @@ from typing import Any, TypeVar
 
 from ._detokenizer import isolating
 from ._memguard import guard_stream
-from ._results import INCOMPLETE, ZERO_TOKENS_END, empty_result, ran_out, text_end
+from ._results import (
+    INCOMPLETE,
+    ZERO_TOKENS_END,
+    empty_result,
+    ran_out,
+    text_end,
+    text_of,
+)
 from ._state import IDLE, STATE, record_end
 from ._threads import arm, per_thread
 
@@ -234,12 +241,6 @@ def wrap_stream_generate(
     return _mark(stream_generate, original)
 
 
-def _text_of(result: object) -> object:
-    if isinstance(result, tuple):
-        return result[0] if result else ""
-    return result if isinstance(result, str) else getattr(result, "text", "")
-
-
 def wrap_generate(
     original: Callable[..., object],
     behaviour: Behaviour,
@@ -280,7 +281,7 @@ def wrap_generate(
             # No stream told us how it ended (0.1.0-0.1.6 drive generate_step
             # themselves; or upstream closed it early and returned anyway):
             # judge by the text.
-            record_end(text_end(_text_of(result)))
+            record_end(text_end(text_of(result)))
         return result
 
     return _mark(generate, original)
