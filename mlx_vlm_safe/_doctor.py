@@ -260,6 +260,7 @@ def _patch_state(
     )
     probes, layout = report.probes, {"kind": report.layout, "home": report.home}
     if not probes:
+        from ._detokenizer import probe_detokenizer
         from ._layout import locate
         from ._probe import probe_empty_stream, probe_wired_limit
         from ._threads import probe_thread_stream
@@ -271,6 +272,7 @@ def _patch_state(
         ]
         if located.generate is not None:
             found.append(probe_empty_stream(located.generate))
+        found.append(probe_detokenizer(located.stream_generate))
         probes, layout = tuple(found), {"kind": located.kind, "home": located.home}
     return state, probes, layout
 
