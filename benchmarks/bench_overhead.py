@@ -57,7 +57,7 @@ import mlx_vlm
 import mlx_vlm.server
 
 import mlx_vlm_safe
-from mlx_vlm_safe._layout import locate
+from mlx_vlm_safe._patch import locate
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
 
 REPO = Path(__file__).resolve().parents[1]

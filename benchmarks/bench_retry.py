@@ -28,8 +28,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from mlx_vlm_safe._policy import is_testing
-from mlx_vlm_safe._retry import retry
+from mlx_vlm_safe import is_testing, retry
 
 try:  # only for the comparison; not dependencies of the library
     import stamina

@@ -16,79 +16,68 @@ import importlib
 
 from . import _activate
 
+#: Where each public name lives: the one list of the public API. The block
+#: below repeats it for type checkers only (they cannot follow ``__getattr__``);
+#: tests/test_public_api.py checks that the two agree.
+_PUBLIC = {
+    "._patch": (
+        "Fix",
+        "Outcome",
+        "PatchError",
+        "Probe",
+        "Report",
+        "is_patched",
+        "last_outcome",
+        "patch",
+        "report",
+        "unpatch",
+    ),
+    "._retry": (
+        "AttemptRecord",
+        "RetryDetails",
+        "RetryHook",
+        "RetryPolicy",
+        "get_policy",
+        "is_testing",
+        "last_attempts",
+        "policy_from_env",
+        "retries_disabled",
+        "set_testing",
+    ),
+    "._retry._decorator": ("retry",),
+    "._configure": ("configure", "reset_config"),
+}
+_LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
+__all__ = sorted(_LAZY)  # noqa: PLE0605 - built from _PUBLIC, checked by a test
+
 # Not ``typing.TYPE_CHECKING``: importing ``typing`` alone costs ~6 ms here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._patch import PatchError, is_patched, patch, report, unpatch
-    from ._policy import (
-        RetryPolicy,
-        configure,
-        get_policy,
-        is_testing,
-        policy_from_env,
-        reset_config,
-        set_testing,
-    )
-    from ._probe import Probe
-    from ._records import AttemptRecord, RetryDetails, RetryHook
-    from ._report import Fix, Report
-    from ._results import Outcome, last_outcome
-    from ._retry import retry
-    from ._state import last_attempts, retries_disabled
-
-_LAZY = {
-    "PatchError": "._patch",
-    "is_patched": "._patch",
-    "patch": "._patch",
-    "report": "._patch",
-    "unpatch": "._patch",
-    "Probe": "._probe",
-    "Fix": "._report",
-    "Report": "._report",
-    "Outcome": "._results",
-    "last_outcome": "._results",
-    "RetryPolicy": "._policy",
-    "configure": "._policy",
-    "get_policy": "._policy",
-    "is_testing": "._policy",
-    "policy_from_env": "._policy",
-    "reset_config": "._policy",
-    "set_testing": "._policy",
-    "AttemptRecord": "._records",
-    "RetryDetails": "._records",
-    "RetryHook": "._records",
-    "retry": "._retry",
-    "last_attempts": "._state",
-    "retries_disabled": "._state",
-}
-
-__all__ = [
-    "AttemptRecord",
-    "Fix",
-    "Outcome",
-    "PatchError",
-    "Probe",
-    "Report",
-    "RetryDetails",
-    "RetryHook",
-    "RetryPolicy",
-    "configure",
-    "get_policy",
-    "is_patched",
-    "is_testing",
-    "last_attempts",
-    "last_outcome",
-    "patch",
-    "policy_from_env",
-    "report",
-    "reset_config",
-    "retries_disabled",
-    "retry",
-    "set_testing",
-    "unpatch",
-]
+    from ._configure import configure as configure
+    from ._configure import reset_config as reset_config
+    from ._patch import Fix as Fix
+    from ._patch import Outcome as Outcome
+    from ._patch import PatchError as PatchError
+    from ._patch import Probe as Probe
+    from ._patch import Report as Report
+    from ._patch import is_patched as is_patched
+    from ._patch import last_outcome as last_outcome
+    from ._patch import patch as patch
+    from ._patch import report as report
+    from ._patch import unpatch as unpatch
+    from ._retry import AttemptRecord as AttemptRecord
+    from ._retry import RetryDetails as RetryDetails
+    from ._retry import RetryHook as RetryHook
+    from ._retry import RetryPolicy as RetryPolicy
+    from ._retry import get_policy as get_policy
+    from ._retry import is_testing as is_testing
+    from ._retry import last_attempts as last_attempts
+    from ._retry import policy_from_env as policy_from_env
+    from ._retry import retries_disabled as retries_disabled
+    from ._retry import set_testing as set_testing
+    from ._retry._decorator import retry as retry
 
 
 def __getattr__(name: str) -> Any:

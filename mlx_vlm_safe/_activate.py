@@ -10,18 +10,11 @@ from __future__ import annotations
 
 import sys
 
-from . import _env, _hook
+from . import _env, _hook, _startup
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-
-#: Read by ``_patch`` when it is first imported: "idle", "pending" (the hook
-#: is armed and mlx_vlm is not loaded yet) or "disabled" (the kill switch).
-status = "idle"
-#: A malformed kill-switch value seen at import time, reported once ``_patch``
-#: (and with it logging) is loaded.
-env_problem: str | None = None
 
 
 def _on_import(module: ModuleType) -> None:
@@ -32,19 +25,21 @@ def _on_import(module: ModuleType) -> None:
 
 def activate() -> None:
     """Patch now if mlx_vlm is loaded, else when it is imported. Never raises."""
-    global status, env_problem  # noqa: PLW0603 - module state is the point here
     try:
         if _env.parse_flag(_env.DISABLE):
-            status = "disabled"
+            _startup.status = "disabled"
             return
     except ValueError as exc:
         # A typo in a kill switch still says "off": honour the intent, tell why.
-        status, env_problem = "disabled", f"{exc}; treating it as set"
+        _startup.status = "disabled"
+        _startup.env_problem = f"{exc}; treating it as set"
         import logging
 
-        logging.getLogger("mlx_vlm_safe").warning("mlx_vlm_safe: %s", env_problem)
+        logging.getLogger("mlx_vlm_safe").warning(
+            "mlx_vlm_safe: %s", _startup.env_problem
+        )
         return
-    status = "pending"
+    _startup.status = "pending"
     if _hook.PACKAGE in sys.modules:
         from . import _patch  # mlx_vlm is loaded: the heavy part is cheap now
 

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 
 #: Set to a true value to turn ``import mlx_vlm_safe`` into a no-op.
 DISABLE = "MLX_VLM_SAFE_DISABLE"
+#: Set to a true value to activate the patch at interpreter start (read by the
+#: ``.pth`` hook and ``mlx-vlm-safe run``'s ``sitecustomize``, which cannot
+#: import this module: ``_bootstrap/_mlx_vlm_safe_autopatch.py`` repeats the
+#: spellings below for that reason).
+AUTOPATCH = "MLX_VLM_SAFE_AUTOPATCH"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})

@@ -56,7 +56,7 @@ def main() -> None:  # noqa: PLR0915 - one flat script, steps read in order
             return outcome.generation_tokens
         return int(getattr(result, "generation_tokens", -1))
 
-    from mlx_vlm_safe import _estimate
+    from mlx_vlm_safe._patch._memory import _estimate
 
     inspect_model = _estimate._inspect
     generate(8)
@@ -67,7 +67,7 @@ def main() -> None:  # noqa: PLR0915 - one flat script, steps read in order
         line: dict[str, object] = {"step": step, "ok": False}
         try:
             if step in ("unknown", "known"):
-                from mlx_vlm_safe import _estimate
+                from mlx_vlm_safe._patch._memory import _estimate
 
                 unknown = _estimate.Architecture(reason="made unknown by the test")
                 _estimate._cache[:] = []

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_vlm_safe._classify import DEFECTS, TABLE, Rule, Verdict, classify, explain
-from mlx_vlm_safe._policy import RetryPolicy
+from mlx_vlm_safe._retry import RetryPolicy, Verdict, explain
+from mlx_vlm_safe._retry._classify import DEFECTS, TABLE, Rule
 
 RETRY, NEVER = Verdict.RETRY, Verdict.NEVER
 
@@ -71,7 +71,7 @@ _FakePILError.__module__ = "PIL.Image"
     ids=repr,
 )
 def test_table(exc: BaseException, verdict: Verdict) -> None:
-    assert classify(exc) is verdict
+    assert explain(exc)[0] is verdict
 
 
 @pytest.mark.parametrize(
@@ -95,10 +95,10 @@ def test_release_defects_are_never_retried_even_when_the_user_adds_them(
 def test_user_types_and_predicates_are_retried_and_come_before_the_table() -> None:
     by_type = RetryPolicy(retry_on=(ValueError,))
     by_predicate = RetryPolicy(retry_on=(lambda e: "transient" in str(e),))
-    assert classify(ValueError("bad"), by_type) is RETRY
-    assert classify(ValueError("bad")) is NEVER
-    assert classify(_Custom("transient glitch"), by_predicate) is RETRY
-    assert classify(_Custom("permanent"), by_predicate) is NEVER
+    assert explain(ValueError("bad"), by_type)[0] is RETRY
+    assert explain(ValueError("bad"))[0] is NEVER
+    assert explain(_Custom("transient glitch"), by_predicate)[0] is RETRY
+    assert explain(_Custom("permanent"), by_predicate)[0] is NEVER
     assert explain(ValueError("bad"), by_type)[1] == "listed in RetryPolicy.retry_on"
 
 
@@ -110,8 +110,8 @@ def test_a_raising_predicate_is_no_match_and_is_logged(
 
     policy = RetryPolicy(retry_on=(broken,))
     with caplog.at_level(logging.WARNING, logger="mlx_vlm_safe"):
-        assert classify(_Custom(), policy) is NEVER
-        assert classify(MemoryError(), policy) is RETRY
+        assert explain(_Custom(), policy)[0] is NEVER
+        assert explain(MemoryError(), policy)[0] is RETRY
     assert any("predicate" in r.getMessage() for r in caplog.records)
 
 
@@ -126,8 +126,8 @@ def test_base_exceptions_are_never_retried_even_if_a_predicate_says_so() -> None
 def test_pil_error_is_matched_by_name_without_importing_pil() -> None:
     assert explain(_FakePILError())[1] == "missing or unreadable input"
     code = (
-        "import sys; from mlx_vlm_safe._classify import classify;"
-        "classify(ValueError()); classify(OSError()); classify(MemoryError());"
+        "import sys; from mlx_vlm_safe._retry import explain;"
+        "explain(ValueError()); explain(OSError()); explain(MemoryError());"
         "assert 'PIL' not in sys.modules, 'PIL imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -136,13 +136,13 @@ def test_pil_error_is_matched_by_name_without_importing_pil() -> None:
 def test_the_type_cache_does_not_mix_up_messages() -> None:
     oom = RuntimeError("[metal::malloc] Attempting to allocate 10 bytes")
     other = RuntimeError("shape mismatch")
-    assert [classify(e) for e in (oom, other, oom, other)] == [
+    assert [explain(e)[0] for e in (oom, other, oom, other)] == [
         RETRY,
         NEVER,
         RETRY,
         NEVER,
     ]
-    assert [classify(ValueError("x")) for _ in range(3)] == [NEVER] * 3
+    assert [explain(ValueError("x"))[0] for _ in range(3)] == [NEVER] * 3
 
 
 def test_a_broken_str_does_not_break_classification() -> None:
@@ -150,7 +150,7 @@ def test_a_broken_str_does_not_break_classification() -> None:
         def __str__(self) -> str:
             raise RuntimeError("no")
 
-    assert classify(Unprintable()) is NEVER
+    assert explain(Unprintable())[0] is NEVER
 
 
 def test_the_table_is_data_and_every_row_says_why() -> None:
@@ -188,4 +188,4 @@ def test_runtime_errors_are_retried_exactly_when_they_report_allocation(
         if any(m in lowered for m in _MARKERS) and "[metal::device_info]" not in lowered
         else NEVER
     )
-    assert classify(RuntimeError(message)) is expected
+    assert explain(RuntimeError(message))[0] is expected

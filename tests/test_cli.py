@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from mlx_vlm_safe import _cli, _doctor, _doctor_text, _env, _launch
+from mlx_vlm_safe import _cli, _env
+from mlx_vlm_safe._cli import _doctor, _launch, _render
 from mlx_vlm_safe._releases import (
     ENTRY_ERROR,
     Install,
@@ -192,7 +193,7 @@ def test_version_prints_the_version_and_exits_0(
 def test_a_failure_after_parsing_is_one_error_line_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mlx_vlm_safe import _demo
+    from mlx_vlm_safe._cli import _demo
 
     def broken(**_: Any) -> int:
         raise FileNotFoundError("[Errno 2] No such file or directory: '/proc/nope'")
@@ -209,7 +210,7 @@ def test_a_failure_after_parsing_is_one_error_line_not_a_traceback(
 def test_ctrl_c_exits_130_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mlx_vlm_safe import _doctor
+    from mlx_vlm_safe._cli import _doctor
 
     def interrupted(**_: Any) -> int:
         raise KeyboardInterrupt
@@ -454,7 +455,7 @@ def test_in_process_diagnosis_round_trips_to_json(release: Release) -> None:
     d = _doctor.collect()
     data = json.loads(json.dumps(dataclasses.asdict(d)))
     assert data["exit_code"] == _expected_code(release)
-    assert _doctor_text.render(d).endswith(f"(exit {data['exit_code']})\n")
+    assert _render.render(d).endswith(f"(exit {data['exit_code']})\n")
 
 
 # ----------------------------------------------------------------------- run
@@ -742,7 +743,7 @@ def test_cli_module_is_importable_without_mlx() -> None:
 def test_demo_labels_follow_max_tokens_and_messages_are_whole(
     release: Release, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlx_vlm_safe import _demo
+    from mlx_vlm_safe._cli import _demo
 
     monkeypatch.setenv("MLX_VLM_SAFE_CACHE", str(tmp_path))
     out = io.StringIO()

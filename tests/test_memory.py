@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mlx_vlm_safe
-from mlx_vlm_safe import _budget, _estimate, _memguard
-from mlx_vlm_safe._classify import Verdict, classify
+from mlx_vlm_safe._patch._memory import _budget, _estimate
+from mlx_vlm_safe._patch._memory import _guard as _memguard
 from mlx_vlm_safe._releases import Release
+from mlx_vlm_safe._retry import Verdict, explain
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
 
 from .conftest import WIDE, Tiny
@@ -123,7 +124,7 @@ def test_rlimit_as_is_a_source_and_the_tightest_wins() -> None:
 
 
 def test_the_guards_memory_error_is_retried() -> None:
-    assert classify(MemoryError("this generation needs about 1 MiB")) is Verdict.RETRY
+    assert explain(MemoryError("this generation needs about 1 MiB"))[0] is Verdict.RETRY
 
 
 # ------------------------------------------------------------- real generations
@@ -314,7 +315,7 @@ def test_checks_are_amortised() -> None:
 
 
 def test_doctor_shows_the_budget() -> None:
-    from mlx_vlm_safe import _doctor
+    from mlx_vlm_safe._cli import _doctor
 
     mlx_vlm_safe.configure(memory_limit="64MiB", memory_margin=0)
     shown = _doctor._memory()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._layout import unwrap
+from mlx_vlm_safe._patch._locate import unwrap
 from mlx_vlm_safe._releases import ENTRY_ERROR, Install, Release
 
 from .conftest import Tiny, run_python

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_vlm_safe import _policy
-from mlx_vlm_safe._policy import (
+from mlx_vlm_safe._retry import (
+    STATE,
     RetryPolicy,
+    _policy,
     configure,
     get_policy,
     is_testing,
@@ -24,9 +25,8 @@ from mlx_vlm_safe._policy import (
     reset_config,
     retries_disabled,
     set_testing,
-    testing_override,
 )
-from mlx_vlm_safe._state import STATE
+from mlx_vlm_safe._retry._policy import testing_override
 
 
 @pytest.fixture(autouse=True)

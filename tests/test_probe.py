@@ -12,11 +12,9 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._layout import locate
-from mlx_vlm_safe._probe import (
-    probe_empty_stream,
-    probe_wired_limit,
-)
+from mlx_vlm_safe._patch import locate
+from mlx_vlm_safe._patch._fixes._wired_limit import probe_wired_limit
+from mlx_vlm_safe._patch._probes import probe_empty_stream
 from mlx_vlm_safe._releases import (
     FACTS,
     INSTALLS,

@@ -11,17 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_vlm_safe._ladder import CallSpec
-from mlx_vlm_safe._results import (
+from mlx_vlm_safe._patch._results import (
     Outcome,
     build_result,
     empty_result,
     last_outcome,
     outcome_of,
 )
-from mlx_vlm_safe._retry import call_runner
-from mlx_vlm_safe._state import current_end, retries_disabled
-from mlx_vlm_safe._wrappers import _observed
+from mlx_vlm_safe._patch._wrappers import _observed
+from mlx_vlm_safe._retry import CallSpec, call_runner, current_end, retries_disabled
 
 
 @dataclasses.dataclass

@@ -26,20 +26,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlx_vlm_safe import _retry
-from mlx_vlm_safe._policy import RetryPolicy, configure, reset_config, set_testing
-from mlx_vlm_safe._policy import retries_disabled as disabled
+from mlx_vlm_safe import retry
 from mlx_vlm_safe._retry import (
     AttemptRecord,
     CallSpec,
     RetryDetails,
+    RetryPolicy,
     Runtime,
+    _decorator,
     call_with_retry,
-    ladder_changes,
+    configure,
     last_attempts,
-    retry,
+    reset_config,
+    set_testing,
     stream_with_retry,
 )
+from mlx_vlm_safe._retry import retries_disabled as disabled
+from mlx_vlm_safe._retry._ladder import ladder_changes
 
 # --- fakes ----------------------------------------------------------------------
 
@@ -281,7 +284,7 @@ def _run(case: dict[str, Any], mode: str, stream: bool) -> Observed:
         )
         accepted, defaults = case["accepted"], case["defaults"]
     else:
-        with mock.patch.object(_retry, "DEFAULT_RUNTIME", time.runtime()):
+        with mock.patch.object(_decorator, "DEFAULT_RUNTIME", time.runtime()):
             wrapped = retry(policy=policy)(_fake_function(target, stream))
         call = lambda: wrapped(prompt, **kwargs)  # noqa: E731
         accepted = frozenset({"prompt", "max_tokens", "prefill_step_size"})
@@ -1017,11 +1020,10 @@ def test_an_empty_stream_is_retried_and_finally_ends_empty() -> None:
     assert len(calls) == 3
 
 
-def test_engine_modules_import_neither_wrapt_nor_asyncio() -> None:
+def test_engine_and_patch_import_neither_wrapt_nor_asyncio() -> None:
     code = (
         "import sys\n"
-        "import mlx_vlm_safe._policy, mlx_vlm_safe._classify, mlx_vlm_safe._loop\n"
-        "import mlx_vlm_safe._stream, mlx_vlm_safe._state, mlx_vlm_safe._ladder\n"
+        "import mlx_vlm_safe._retry, mlx_vlm_safe._patch, mlx_vlm_safe._configure\n"
         "bad = {'wrapt', 'asyncio', 'mlx', 'mlx_vlm', 'PIL'} & set(sys.modules)\n"
         "assert not bad, bad\n"
     )
@@ -1030,7 +1032,7 @@ def test_engine_modules_import_neither_wrapt_nor_asyncio() -> None:
 
 _TYPING_SNIPPET = """
 from collections.abc import Iterator
-from mlx_vlm_safe._retry import retry
+from mlx_vlm_safe import retry
 
 @retry
 def generate(prompt: str, max_tokens: int = 256) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._layout import locate
+from mlx_vlm_safe._patch import locate
 from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import empty_stream, plant_fault
 

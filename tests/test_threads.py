@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe import _threads
+from mlx_vlm_safe._patch import _thread_exit
 from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import tiny_prompt
 
@@ -210,7 +210,7 @@ def test_unpatched_worker_thread_fails_where_the_table_says(
     """The control: the release as it ships, called from a worker thread."""
 
     def call() -> str:
-        _threads.arm_thread_exit()  # unpatched, nothing else frees its streams
+        _thread_exit.arm_thread_exit()  # unpatched, nothing else frees its streams
         return _call(tiny, mlx_vlm)
 
     if release.fails_on_entry:  # nothing generates off Metal unpatched
@@ -264,7 +264,7 @@ def test_worker_frees_its_streams_once_when_it_ends(tiny: Tiny, mlx_vlm: Any) ->
         _on_thread(work)
         gc.collect()
     assert calls == idents  # once, on the worker itself
-    assert any(tid for tid, _ in _threads._ENDED)
+    assert any(tid for tid, _ in _thread_exit._ENDED)
 
 
 def test_main_thread_is_left_to_mlx(tiny: Tiny, mlx_vlm: Any) -> None:

@@ -14,11 +14,11 @@ from typing import cast
 
 import pytest
 
-from mlx_vlm_safe._integration import runners
-from mlx_vlm_safe._layout import Located
-from mlx_vlm_safe._results import Outcome, last_outcome
-from mlx_vlm_safe._state import retries_disabled
-from mlx_vlm_safe._wrappers import Behaviour, _observed, wrap_generate
+from mlx_vlm_safe import Outcome, last_outcome, retries_disabled
+from mlx_vlm_safe._patch._behaviour import Behaviour
+from mlx_vlm_safe._patch._locate import Located
+from mlx_vlm_safe._patch._retry_wiring import runners
+from mlx_vlm_safe._patch._wrappers import _observed, wrap_generate
 
 BEHAVIOUR = Behaviour(
     never_empty=False,

@@ -38,7 +38,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from .._layout import locate
+from .._patch import locate
 
 __all__ = ["FaultPlan", "FaultRecord", "empty_stream", "plant_fault"]
 

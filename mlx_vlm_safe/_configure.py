@@ -1,0 +1,51 @@
+"""``configure()`` and ``reset_config()``: every process-wide setting in one call.
+
+Strictly private. The retry engine (``_retry``) owns the retry policy and the
+memory guard (``_patch._memory``) its budget; neither knows the other. This
+module takes one call's changes, checks all of them, and applies them only
+if every one is valid, so a typo never leaves half a configuration behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ._patch._memory import _budget
+from ._retry import RetryPolicy, get_policy
+from ._retry import configure as configure_retry
+from ._retry import reset_config as reset_retry
+
+
+def configure(**changes: object) -> RetryPolicy:
+    """Change process-wide settings; return the retry policy now in force.
+
+    Takes ``RetryPolicy`` fields (``attempts``, ``ladder``, ``wait_base``,
+    ``wait_max``, ``deadline``, ``retry_on``, ``retry_empty``, ``hooks``) and
+    the memory guard's ``memory_limit`` (``None``/``"auto"``: the system's
+    limits; ``"off"``; or what one generation may add, in bytes or as
+    ``"512MB"``) and ``memory_margin`` (bytes kept free).
+
+    Raises:
+        TypeError: an unknown setting.
+        ValueError: an invalid value; then nothing is changed.
+
+    """
+    known = {f.name for f in dataclasses.fields(RetryPolicy)} | _budget.MEMORY_SETTINGS
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise TypeError(
+            f"unknown setting(s): {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    memory = {k: changes.pop(k) for k in _budget.MEMORY_SETTINGS if k in changes}
+    new_memory = _budget.updated(memory) if memory else None
+    policy = configure_retry(**changes) if changes else get_policy()
+    if new_memory is not None:
+        _budget.use(new_memory)
+    return policy
+
+
+def reset_config() -> None:
+    """Forget ``configure()`` changes; the environment is read again on next use."""
+    reset_retry()
+    _budget.reset_memory()

@@ -1,0 +1,50 @@
+"""The mlx-vlm patch: locate -> probe -> plan -> install -> report.
+
+Strictly private; the package re-exports the public names. Nothing here
+imports mlx or mlx-vlm: the patch works on whatever ``mlx_vlm`` is loaded
+(the import hook calls :func:`on_import`), and the retry engine it uses
+(``_retry``) knows nothing about mlx-vlm.
+
+* ``_locate``: find the release's real ``generate``, ``stream_generate``,
+  ``wired_limit`` and generation stream, whatever the layout.
+* ``_probes``: run each probe on those objects (the verdicts).
+* ``_plan``: the list of fixes (``FIXES``, one module each under ``_fixes``)
+  and the replacements the verdicts call for.
+* ``_registry``: install and restore replacements by identity.
+* ``_api``: ``patch()``, ``unpatch()``, ``report()`` under one lock.
+* ``_wrappers``, ``_results``, ``_retry_wiring``, ``_memory``,
+  ``_thread_exit``: what runs on every call.
+"""
+
+from ._api import PatchError, activate, is_patched, on_import, patch, report, unpatch
+from ._inventory import distributions, metadata_version
+from ._locate import locate
+from ._mlx import device
+from ._plan import FIXES
+from ._probes import examine
+from ._report import Fix, Probe, Report
+from ._results import Outcome, last_outcome, text_of
+from ._thread_exit import arm_thread_exit
+
+__all__ = [
+    "FIXES",
+    "Fix",
+    "Outcome",
+    "PatchError",
+    "Probe",
+    "Report",
+    "activate",
+    "arm_thread_exit",
+    "device",
+    "distributions",
+    "examine",
+    "is_patched",
+    "last_outcome",
+    "locate",
+    "metadata_version",
+    "on_import",
+    "patch",
+    "report",
+    "text_of",
+    "unpatch",
+]

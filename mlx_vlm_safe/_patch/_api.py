@@ -1,0 +1,241 @@
+"""patch(), unpatch(), report(): the patch's lifecycle, under one lock.
+
+Strictly private. The data flows one way: ``locate`` the release's objects,
+``examine`` them with the probes, ``make_plan`` from the verdicts, ``install``
+the plan in the registry, and ``report`` what was done. One re-entrant lock
+guards every change; nothing is imported while holding it (another thread may
+hold an import lock and be waiting for ours).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import threading
+from types import ModuleType
+
+from .. import _env, _hook, _startup
+from .._log import log
+from . import _mlx
+from ._locate import Located, locate
+from ._memory._guard import last_note
+from ._plan import REASONS, Plan, make_plan
+from ._probes import examine
+from ._registry import Registry
+from ._report import Fix, Probe, Report, Status
+
+#: The newest mlx-vlm release this version of mlx_vlm_safe was tested with.
+KNOWN_NEWEST = "0.7.10"
+
+
+class PatchError(RuntimeError):
+    """``patch(strict=True)`` could not apply a fix the release needs."""
+
+
+@dataclasses.dataclass
+class _State:
+    status: Status = "unpatched"
+    armed: bool = False  # the import hook patches mlx_vlm when it loads
+    located: Located | None = None
+    version: str | None = None
+    device: str = "unknown"
+    probes: tuple[Probe, ...] = ()
+    plan: Plan = dataclasses.field(default_factory=lambda: Plan(()))
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+_LOCK = threading.RLock()
+_STATE = _State()
+_REGISTRY = Registry()
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` once per process; keep it for the report."""
+    if message not in _STATE.warnings:
+        _STATE.warnings.append(message)
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("mlx_vlm_safe: %s", message)
+
+
+def _is_newer_than_known(version: str | None) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return version is not None and Version(version) > Version(KNOWN_NEWEST)
+    except InvalidVersion:
+        return True
+
+
+def on_import(module: ModuleType) -> None:
+    """Post-import hook: patch on ``mlx_vlm``, rebind copies in submodules."""
+    with _LOCK:
+        if _STATE.status == "patched":
+            _REGISTRY.sweep(module)
+        elif _STATE.armed and module.__name__ == _hook.PACKAGE:
+            try:
+                _apply(module, strict=False)
+            except Exception as exc:  # the implicit path never raises
+                _STATE.status = "failed"
+                _warn_once(f"patching failed, mlx-vlm left as it is: {exc!r}")
+
+
+def _apply(package: ModuleType, *, strict: bool) -> None:
+    """Locate, probe, plan, install. Caller holds the lock."""
+    located = locate(package)
+    version = getattr(package, "__version__", None)
+    findings = examine(located)
+    if located.generate is None:
+        message = (
+            f"mlx-vlm {version}: generate() is not where any known release puts "
+            "it; nothing was patched"
+        )
+        if strict:
+            raise PatchError(message)
+        _warn_once(message)
+    elif located.kind == "unknown" or _is_newer_than_known(version):
+        _warn_once(
+            f"mlx-vlm {version} is newer than or unlike the releases "
+            f"mlx_vlm_safe knows (up to {KNOWN_NEWEST}, layout {located.kind}); "
+            "applying the fixes its behaviour probes call for"
+        )
+    plan = make_plan(located, findings, _warn_once)
+    _REGISTRY.install(plan.replacements)
+    _STATE.plan = plan
+    _STATE.located = located
+    _STATE.version = version if isinstance(version, str) else None
+    _STATE.device = _mlx.device()
+    _STATE.probes = findings.probes
+    _STATE.status = "patched"
+    _STATE.armed = False
+    log.info("mlx_vlm_safe: patched mlx-vlm %s: %s", version, plan.fix_names())
+
+
+def _adopt_import_side_effect() -> None:
+    """Adopt what ``import mlx_vlm_safe`` decided before this module loaded."""
+    if _startup.env_problem:
+        _STATE.warnings.append(_startup.env_problem)
+    if _startup.status == "disabled":
+        _STATE.status = "disabled"
+    elif _startup.status == "pending":
+        _STATE.status, _STATE.armed = "pending", True
+
+
+_adopt_import_side_effect()
+
+
+def activate() -> None:
+    """The import side effect when mlx_vlm is already loaded. Never raises."""
+    try:
+        with _LOCK:
+            _hook.install(on_import)
+            _STATE.armed = True
+        on_import(sys.modules[_hook.PACKAGE])
+    except Exception as exc:  # the implicit path never raises
+        _warn_once(f"activation failed, mlx-vlm left as it is: {exc!r}")
+
+
+def patch(*, strict: bool = False) -> Report:
+    """Apply the fixes the installed mlx-vlm needs; importing it if necessary.
+
+    Idempotent: a second call returns the current report and changes nothing.
+
+    Args:
+        strict: raise :class:`PatchError` instead of warning when mlx-vlm is
+            missing or a fix cannot be applied.
+
+    Raises:
+        ValueError: ``strict`` is not a bool, or ``MLX_VLM_SAFE_DISABLE`` has
+            a value that is not a boolean.
+        PatchError: with ``strict=True`` only.
+
+    """
+    if not isinstance(strict, bool):
+        raise ValueError(f"strict must be True or False, got {strict!r}")
+    if _env.parse_flag(_env.DISABLE):
+        # The kill switch means "leave mlx-vlm as it ships": undo an earlier
+        # patch and disarm the import hook, so nothing patches later either.
+        with _LOCK:
+            unpatch()
+            _STATE.status = "disabled"
+        return report(inventory=False)
+    with _LOCK:
+        if _STATE.status == "patched":
+            return report(inventory=False)
+        _hook.install(on_import)
+        _STATE.armed = True
+    # Import outside the lock: the hook patches as soon as mlx_vlm has loaded.
+    try:
+        package = importlib.import_module(_hook.PACKAGE)
+    except ImportError as exc:
+        with _LOCK:
+            _STATE.status = "not-installed"
+        if strict:
+            raise PatchError(f"mlx-vlm cannot be imported: {exc}") from exc
+        return report()
+    with _LOCK:
+        if not is_patched():  # the import hook may have patched it already
+            _apply(package, strict=strict)
+    return report(inventory=False)
+
+
+def unpatch() -> Report:
+    """Put back every original object we replaced, by identity. Idempotent."""
+    with _LOCK:
+        _REGISTRY.restore(_warn_once)
+        _STATE.plan = Plan(())
+        _STATE.armed = False
+        if _STATE.status in ("patched", "pending", "failed"):
+            _STATE.status = "unpatched"
+    return report()
+
+
+def is_patched() -> bool:
+    """Whether the fixes are in place now."""
+    return _STATE.status == "patched"
+
+
+def _fixes() -> tuple[Fix, ...]:
+    """The fixes in place now, each with the ``mlx_vlm*`` attributes bound to it."""
+    targets = _REGISTRY.targets()
+    hosts = dict(_STATE.plan.riders)
+    return tuple(
+        Fix(name, REASONS[name], tuple(sorted(targets.get(hosts.get(name, name), ()))))
+        for name in _STATE.plan.fix_names()
+    )
+
+
+def report(*, inventory: bool = True) -> Report:
+    """A snapshot of what was found and done (see :class:`Report`).
+
+    Args:
+        inventory: also list the distributions that ship ``mlx_vlm`` and the
+            stale references outside mlx-vlm. That reads every installed
+            package's metadata and walks every loaded module, so ``patch()``
+            returns its report without it.
+
+    """
+    from ._inventory import distributions, metadata_version, unreachable
+
+    with _LOCK:
+        state = dataclasses.replace(_STATE)
+        originals = _REGISTRY.originals()
+        fixes = _fixes()
+        warnings = tuple(_STATE.warnings)
+    located = state.located
+    return Report(
+        status=state.status,
+        version=state.version,
+        metadata_version=metadata_version(),
+        distributions=distributions() if inventory else (),
+        device=state.device,
+        layout=located.kind if located else "unknown",
+        home=located.home if located else None,
+        probes=state.probes,
+        fixes=fixes,
+        unreachable=unreachable(originals) if inventory else (),
+        warnings=warnings,
+        memory=last_note(),
+    )

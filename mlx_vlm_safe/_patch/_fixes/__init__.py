@@ -1,0 +1,62 @@
+"""One module per fix: the probe verdict it needs, what it replaces, and why.
+
+Strictly private. Each fix module defines its probe (where the fix has one of
+its own) and a :class:`FixSpec`; ``_patch._plan.FIXES`` lists them in the
+order they are applied and reported. Adding a fix is one module here plus one
+entry in that list; ``report()``, ``doctor`` and the README table read the
+name and reason from the spec. This ``__init__`` imports no fix module, so a
+fix module may import the wrappers without an import cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+#: Build a replacement for ``original``; ``None`` when it cannot be built here
+#: (the builder has said why through ``Context.warn``).
+Builder = Callable[[Any, "Context"], object]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a builder may use: the release's facts and the retry runners."""
+
+    located: Any  # _locate.Located
+    behaviour: Any  # _behaviour.Behaviour
+    retry_call: Callable[..., Any] | None
+    retry_stream: Callable[..., Any] | None
+    warn: Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class FixSpec:
+    """One fix: when it applies, what it replaces, how, and why.
+
+    ``when`` maps probe names to the verdicts that call for the fix (all must
+    hold; empty means always). ``replaces`` names the ``Located`` field whose
+    object is replaced; a fix that ``rides_on`` another has no replacement of
+    its own: the host's replacement carries it. ``root_cause`` fixes are the
+    ones ``doctor`` counts as "this release is affected here".
+    """
+
+    name: str
+    reason: str
+    replaces: str = ""
+    when: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    build: Builder | None = None
+    rides_on: str = ""
+    root_cause: bool = False
+
+    def applies(self, verdicts: Mapping[str, str]) -> bool:
+        """Whether the probes' ``verdicts`` call for this fix."""
+        return all(verdicts.get(probe) in wanted for probe, wanted in self.when.items())
+
+    def diagnosed(self, verdicts: Mapping[str, str]) -> bool:
+        """A root cause the probes found for certain (not "inconclusive")."""
+        return (
+            self.root_cause
+            and self.applies(verdicts)
+            and "inconclusive" not in (verdicts.get(p) for p in self.when)
+        )

@@ -1,0 +1,112 @@
+"""Generation from any thread: the generation stream's probe and its fix.
+
+Strictly private. mlx binds a stream to the thread that made it (Metal and
+CUDA since 0.31.2, CPU since 0.32.0): used on another thread it raises
+``There is no Stream(cpu, 0) in current thread``. mlx-vlm 0.1.22-0.4.4 make
+their ``generation_stream`` that way, once, at import, so ``generate()``
+works only on the thread that imported mlx-vlm. 0.5.0+ use
+``mx.new_thread_local_stream()``, one object that resolves to the calling
+thread's own stream: the replacement installed where the probe calls for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+from ..._log import describe
+from .. import _mlx
+from .._report import Probe
+from .._thread_exit import release_thread_streams
+from . import Context, FixSpec
+
+#: The module global mlx-vlm's generation code runs under (0.1.22+).
+STREAM_NAME = "generation_stream"
+NAME = "thread_stream"
+
+
+def find_stream(scope: Mapping[str, object]) -> object | None:
+    """The release's generation stream, if ``scope`` holds one."""
+    mx = _mlx.core()
+    value = scope.get(STREAM_NAME)
+    kinds = tuple(
+        k
+        for k in (getattr(mx, "Stream", None), getattr(mx, "ThreadLocalStream", None))
+        if isinstance(k, type)
+    )
+    return value if kinds and isinstance(value, kinds) else None
+
+
+def _is_thread_local(stream: object) -> bool:
+    kind = getattr(_mlx.core(), "ThreadLocalStream", None)
+    return isinstance(kind, type) and isinstance(stream, kind)
+
+
+def _use_on_this_thread(stream: object, errors: list[BaseException]) -> None:
+    mx = _mlx.core()
+    assert mx is not None  # a stream exists, so mlx is loaded
+    try:
+        with mx.stream(stream):
+            mx.eval(mx.zeros((1,)) + 1)
+    except Exception as exc:  # the verdict, not a failure of the probe
+        errors.append(exc)
+    finally:
+        release_thread_streams()  # the probe's thread must not abort the exit
+
+
+def probe_thread_stream(stream: object | None) -> Probe:
+    """Ask whether the generation stream works on a thread other than its maker's.
+
+    Runs one tiny evaluation on the stream from a new thread: the question is
+    put to the mlx actually loaded and its device, not to a version number.
+    """
+    if stream is None:
+        return Probe(NAME, "no_stream", "generation uses mlx's default stream")
+    if _is_thread_local(stream):
+        return Probe(NAME, "any_thread", "a thread-local stream")
+    errors: list[BaseException] = []
+    worker = threading.Thread(
+        target=_use_on_this_thread,
+        args=(stream, errors),
+        name="mlx_vlm_safe-probe",
+        daemon=True,
+    )
+    worker.start()
+    worker.join()
+    if not errors:
+        return Probe(NAME, "any_thread", "mlx streams are shared by threads")
+    detail = describe(errors[0], 200)
+    if not can_make_thread_local():
+        detail += "; this mlx has no new_thread_local_stream, so no fix"
+    return Probe(NAME, "bound_to_importing_thread", detail)
+
+
+def can_make_thread_local() -> bool:
+    """Whether the loaded mlx can make a per-thread stream (0.31.2+)."""
+    return callable(getattr(_mlx.core(), "new_thread_local_stream", 0))
+
+
+def thread_local_twin(stream: object, context: Context) -> object:
+    """A stream on the same device that every thread can use as its own."""
+    mx = _mlx.core()
+    if mx is None or not can_make_thread_local():
+        context.warn(
+            "mlx-vlm's generation stream works only on the thread that "
+            "imported mlx_vlm, and this mlx cannot make a per-thread stream: "
+            "call generate() from that thread"
+        )
+        return None
+    device = getattr(stream, "device", None) or mx.default_device()
+    return mx.new_thread_local_stream(device)
+
+
+THREAD_LOCAL_STREAM = FixSpec(
+    "thread_local_stream",
+    "the generation stream was made at import and this mlx binds streams to "
+    "their thread; replaced by a thread-local stream so generate() works from "
+    "any thread",
+    replaces="generation_stream",
+    when={NAME: frozenset({"bound_to_importing_thread"})},
+    build=thread_local_twin,
+    root_cause=True,
+)

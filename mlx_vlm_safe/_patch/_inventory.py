@@ -1,0 +1,65 @@
+"""Facts about the installation that only the report needs.
+
+Strictly private. These are slow-ish (reading package metadata walks
+``site-packages``; looking for stale references walks every loaded module), so
+they run when somebody asks for a report, never on the import or call path.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from types import ModuleType
+
+from .._hook import is_target
+
+_ABSENT = object()
+
+
+def metadata_version() -> str | None:
+    """``mlx-vlm``'s version according to package metadata, if it has any.
+
+    Forks install the same ``mlx_vlm`` package under another distribution
+    name, so ``None`` here beside a ``__version__`` means "a fork".
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("mlx-vlm")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def distributions() -> tuple[str, ...]:
+    """Every installed distribution that ships the ``mlx_vlm`` package."""
+    from importlib import metadata
+
+    try:
+        return tuple(sorted(set(metadata.packages_distributions().get("mlx_vlm", ()))))
+    except Exception:  # metadata of a broken install must not break a report
+        return ()
+
+
+def unreachable(originals: Iterable[object]) -> tuple[str, ...]:
+    """``module.attribute`` names outside mlx-vlm still bound to an original.
+
+    These were captured (``from mlx_vlm import generate``) before the patch.
+    We do not rebind other people's modules, but we say where they are.
+    """
+    wanted = {id(o): o for o in originals}
+    if not wanted:
+        return ()
+    found: list[str] = []
+    for name, module in list(sys.modules.items()):
+        if is_target(name) or not isinstance(module, ModuleType):
+            continue
+        if name.startswith("mlx_vlm_safe"):
+            continue
+        try:
+            items = list(vars(module).items())
+        except TypeError:
+            continue
+        for attr, value in items:
+            if wanted.get(id(value), _ABSENT) is value:
+                found.append(f"{name}.{attr}")
+    return tuple(sorted(found))

@@ -1,0 +1,72 @@
+"""Decide the replacements from the probes' verdicts; nothing is touched yet.
+
+Strictly private. :data:`FIXES` is the one list of fixes, in the order they are
+applied and reported; each entry is a ``FixSpec`` from its own module under
+``_fixes`` (see there for how to add one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from ._fixes import Context, FixSpec
+from ._fixes._detokenizer import PRIVATE_DETOKENIZER
+from ._fixes._generation import NEVER_EMPTY_STREAM, NONE_SAFE_GENERATE, OBSERVED_STREAM
+from ._fixes._thread_stream import THREAD_LOCAL_STREAM
+from ._fixes._wired_limit import GENERATE_OFF_METAL, PROPAGATE_ERRORS
+from ._locate import Located
+from ._probes import Findings
+from ._registry import Replacement
+from ._retry_wiring import runners
+
+FIXES: tuple[FixSpec, ...] = (
+    THREAD_LOCAL_STREAM,
+    PROPAGATE_ERRORS,
+    GENERATE_OFF_METAL,
+    NEVER_EMPTY_STREAM,
+    OBSERVED_STREAM,
+    NONE_SAFE_GENERATE,
+    PRIVATE_DETOKENIZER,
+)
+REASONS = {spec.name: spec.reason for spec in FIXES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The replacements to make, and the fixes carried inside one of them."""
+
+    replacements: tuple[Replacement, ...]
+    #: (fix, the fix whose replacement carries it)
+    riders: tuple[tuple[str, str], ...] = ()
+
+    def fix_names(self) -> list[str]:
+        """Every fix in the plan, replacements first, then riders."""
+        return [r.fix for r in self.replacements] + [name for name, _ in self.riders]
+
+
+def make_plan(
+    located: Located, findings: Findings, warn: Callable[[str], None]
+) -> Plan:
+    """The replacements the probes call for, built but not installed."""
+    verdicts = findings.verdicts()
+    retry_call, retry_stream = runners(located, findings.behaviour)
+    context = Context(located, findings.behaviour, retry_call, retry_stream, warn)
+    replacements: list[Replacement] = []
+    hosts: dict[str, str] = {}  # Located field -> the fix that replaced it
+    for spec in FIXES:
+        if spec.rides_on or spec.build is None or not spec.applies(verdicts):
+            continue
+        original = getattr(located, spec.replaces)
+        if original is None:
+            continue
+        replacement = spec.build(original, context)
+        if replacement is not None:
+            replacements.append(Replacement(original, replacement, spec.name))
+            hosts[spec.replaces] = spec.name
+    riders = tuple(
+        (spec.name, hosts[spec.rides_on])
+        for spec in FIXES
+        if spec.rides_on in hosts and spec.applies(verdicts)
+    )
+    return Plan(tuple(replacements), riders)

@@ -1,0 +1,78 @@
+"""Wire the generic retry engine to the installed release's generate path.
+
+Strictly private. The engine (``_retry``) knows nothing about mlx-vlm; this
+module tells it what it needs: which keywords the release accepts (so the
+ladder never injects one it does not know), the release's defaults (so a step
+never raises the caller's budget above them), when a result counts as empty,
+and how many tokens an attempt produced.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .._retry import STATE, CallSpec, call_runner, stream_with_retry
+from ._behaviour import Behaviour
+from ._locate import LADDER_KEYWORDS, Located
+
+_call_state = STATE.get
+CallRunner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
+StreamRunner = Callable[
+    [Callable[..., Iterator[Any]], tuple[Any, ...], Mapping[str, Any]], Iterator[Any]
+]
+
+
+# Both run on every call: one frame each, the state read inline. A stream
+# ended during this call when ``end is not inherited`` (see ``CallState``).
+def _empty_generation(result: object) -> bool:
+    """An attempt that produced nothing and raised nothing."""
+    if result is None:
+        return True
+    state = _call_state()
+    end = state.end
+    return end is not None and end is not state.inherited and end[1]
+
+
+def _tokens() -> int:
+    """Tokens the stream of this call produced (0 if none ended in it)."""
+    state = _call_state()
+    end = state.end
+    return 0 if end is None or end is state.inherited else end[0]
+
+
+def _positions(function: Callable[..., Any] | None) -> dict[str, int]:
+    """Where a ladder keyword can be passed by position (0.1.0-0.1.6 generate)."""
+    if function is None:
+        return {}
+    params = list(inspect.signature(function).parameters.values())
+    return {
+        p.name: i
+        for i, p in enumerate(params)
+        if p.name in LADDER_KEYWORDS
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def runners(located: Located, behaviour: Behaviour) -> tuple[CallRunner, StreamRunner]:
+    """The retry runners for ``generate()`` and ``stream_generate()``."""
+    generate_spec = CallSpec(
+        name=behaviour.name,
+        accepted_kwargs=located.accepted_kwargs,
+        defaults=located.defaults,
+        is_empty=_empty_generation,
+        progress=_tokens,
+        positions=_positions(located.generate),
+    )
+    stream_spec = CallSpec(
+        name=behaviour.name.replace("generate", "stream_generate"),
+        accepted_kwargs=located.accepted_kwargs,
+        defaults=located.defaults,
+        progress=_tokens,
+        positions=_positions(located.stream_generate),
+    )
+
+    stream: StreamRunner = functools.partial(stream_with_retry, spec=stream_spec)
+    return call_runner(generate_spec), stream

@@ -1,0 +1,219 @@
+"""The wrappers around ``stream_generate`` and ``generate``: the hot path.
+
+Strictly private. :func:`wrap_stream_generate` passes every item through
+unchanged, records how the stream ended (for ``last_outcome()``) and, where
+the release's ``generate()`` dereferences the last item unguarded, never ends
+without an item; installed as the module global ``generate()`` looks up, it
+protects even a ``generate`` captured before the patch. :func:`wrap_generate`
+never returns ``None`` and adds the retry policy.
+
+Plain closures, not ``wrapt`` proxies: these replace module-level functions
+(no descriptor binding to get right), ``functools.update_wrapper`` keeps the
+signature, and a closure is several times cheaper per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .._retry import IDLE, STATE, record_end
+from ._behaviour import Behaviour
+from ._fixes._detokenizer import isolating
+from ._locate import mark
+from ._memory._guard import guard_stream
+from ._results import (
+    INCOMPLETE,
+    ZERO_TOKENS_END,
+    ran_out,
+    text_end,
+    text_of,
+)
+from ._thread_exit import arm, per_thread
+
+
+def check_max_tokens(kwargs: Mapping[str, object]) -> None:
+    """Refuse a ``max_tokens`` that would make mlx-vlm generate forever.
+
+    mlx-vlm stops when the token counter *equals* ``max_tokens``; a string
+    (``"512"`` straight from a JSON body) or a negative number never does, and
+    the call runs until memory runs out. That is bad input: say so at once.
+    The wrappers call it only when their inline check (a non-negative ``int``,
+    or nothing) did not already pass the value.
+    """
+    value = kwargs.get("max_tokens")
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"max_tokens must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"max_tokens must be >= 0, got {value!r}")
+
+
+_NO_ITEM: Any = object()  # "no never-empty guard" for ``_observed``
+_call_state = STATE.get
+
+
+def _zero_tokens(item: object) -> Iterator[object]:
+    """The stream of ``max_tokens=0``: one empty item, ended by length.
+
+    Newest upstream's behaviour on every release: 0.1.0-0.5.0 raise
+    UnboundLocalError ('token') instead, and nothing is generated either way.
+    """
+    record_end(ZERO_TOKENS_END)
+    yield item
+
+
+def _observed(
+    stream: Iterator[object], max_tokens: object, empty_item: object = _NO_ITEM
+) -> Iterator[object]:
+    """Pass items through; record how the stream ended on the call's state.
+
+    With ``empty_item`` it is also the never-empty guard: a stream that ends
+    without an item yields ``empty_item`` once. One generator for both keeps
+    the common path to a single extra layer. Its bookkeeping is inline and is
+    one plain tuple (``_results.StreamEnd``) written on the running call's own
+    ``CallState``: no ``ContextVar.set``, no dataclass, because this runs on
+    every call (the README's "What the patch costs" has the figures).
+    """
+    items = 0
+    last: object = None
+    reason: object = INCOMPLETE  # until the stream is exhausted
+    # Each thread that makes an item frees its mlx streams when it ends; the
+    # check is one attribute lookup, inline because it runs once per token.
+    thread = per_thread
+    try:
+        try:
+            thread.guard  # noqa: B018
+        except AttributeError:
+            arm()
+        for item in stream:
+            items += 1
+            last = item
+            yield item
+            try:  # resumed, maybe on another thread: it makes the next item
+                thread.guard  # noqa: B018
+            except AttributeError:
+                arm()
+        reason = getattr(last, "finish_reason", None)
+    finally:
+        tokens = getattr(last, "generation_tokens", items)
+        if tokens.__class__ is not int:
+            tokens = items
+        empty = reason is not INCOMPLETE and (
+            items == 0 or (tokens == 0 and max_tokens != 0)
+        )
+        state = _call_state()
+        if state is not IDLE:  # the call's own object: no ContextVar.set
+            state.end = (tokens, empty, reason, max_tokens)
+        else:
+            record_end((tokens, empty, reason, max_tokens))
+        if reason is INCOMPLETE:  # raised or closed early: close what we started
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+    if items == 0 and empty_item is not _NO_ITEM:
+        yield empty_item
+
+
+def _never_empty(stream: Iterator[object], empty_item: object) -> Iterator[object]:
+    """Yield ``empty_item`` if ``stream`` ends without an item."""
+    items = 0
+    try:
+        for item in stream:
+            items += 1
+            yield item
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    if items == 0:
+        yield empty_item
+
+
+def wrap_stream_generate(
+    original: Callable[..., Iterator[object]],
+    behaviour: Behaviour,
+    retrying: Callable[..., Iterator[object]] | None = None,
+) -> Callable[..., Iterator[object]]:
+    """Wrap ``stream_generate``: observe, retry before the first item, never empty.
+
+    Called directly, the layers are, outermost first: the never-empty guard
+    (only where the release's ``generate()`` needs it), the retry policy
+    (which must still see an empty stream as empty, so it sits inside the
+    guard), the observer. Called while a retry attempt is running (the usual
+    case: from inside the patched ``generate()``, whose own loop owns the
+    retries) or inside ``retries_disabled()``, a retry layer would only call
+    through, so the observer alone runs, doubling as the guard.
+    """
+    default_max_tokens = behaviour.default_max_tokens
+    empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
+    zero_item = ran_out(behaviour.empty_item)
+    run = guard_stream(original, default_max_tokens)  # memory guard (_memguard)
+    if behaviour.shared_detokenizer:  # outermost: it swaps the processor argument
+        run = isolating(run)
+
+    def observed(*args: object, **kwargs: object) -> Iterator[object]:
+        max_tokens = kwargs.get("max_tokens", default_max_tokens)
+        return _observed(run(*args, **kwargs), max_tokens)
+
+    def stream_generate(*args: object, **kwargs: object) -> Iterator[object]:
+        max_tokens = kwargs.get("max_tokens", default_max_tokens)
+        if max_tokens.__class__ is not int or max_tokens < 1:
+            check_max_tokens(kwargs)
+            if max_tokens == 0:
+                return _zero_tokens(zero_item)
+        if retrying is None or _call_state().active:
+            return _observed(run(*args, **kwargs), max_tokens, empty_item)
+        stream = retrying(observed, args, kwargs)
+        if empty_item is _NO_ITEM:
+            return stream
+        return _never_empty(stream, empty_item)
+
+    return mark(stream_generate, original)
+
+
+def wrap_generate(
+    original: Callable[..., object],
+    behaviour: Behaviour,
+    retrying: Callable[..., object] | None = None,
+) -> Callable[..., object]:
+    """Wrap ``generate``: never ``None``; retries through ``retrying``.
+
+    The outcome comes from the stream the release's ``generate()`` drives;
+    where no stream reported (0.1.0-0.1.6 call ``generate_step`` themselves)
+    it is judged by the text. ``max_tokens`` is checked here, on entry, even
+    though the stream wrapper checks it too: a bad value must fail before any
+    of the release's own code runs, whatever that code does first.
+    """
+    call = retrying
+
+    def generate(*args: object, **kwargs: object) -> object:
+        max_tokens = kwargs.get("max_tokens")
+        if max_tokens is not None and (
+            max_tokens.__class__ is not int or max_tokens < 1
+        ):
+            check_max_tokens(kwargs)
+            if max_tokens == 0:
+                record_end(ZERO_TOKENS_END)
+                return behaviour.zero_tokens()
+        try:  # 0.1.0-0.1.6 generate without a stream: arm the thread here too
+            per_thread.guard  # noqa: B018
+        except AttributeError:
+            arm()
+        end_before = _call_state().end
+        if call is None:
+            result = original(*args, **kwargs)
+        else:
+            result = call(original, args, kwargs)
+        if result is None:
+            result = behaviour.empty()
+        end = _call_state().end
+        if end is None or end is end_before or end[2] is INCOMPLETE:
+            # No stream told us how it ended (0.1.0-0.1.6 drive generate_step
+            # themselves; or upstream closed it early and returned anyway):
+            # judge by the text.
+            record_end(text_end(text_of(result)))
+        return result
+
+    return mark(generate, original)

@@ -1,0 +1,68 @@
+"""The generic retry engine: retry what can succeed on retry, with less work.
+
+Strictly private; the package re-exports the public names. It knows nothing
+about mlx-vlm: a caller describes its target with a ``CallSpec`` (which
+keywords a retry may lower, and what counts as an empty result).
+
+* ``_policy``: ``RetryPolicy``, the process-wide default, the testing switch;
+  ``_settings`` validates and parses their values.
+* ``_classify``: which failures are worth another attempt (one table).
+* ``_ladder``: the keyword values each retry uses.
+* ``_engine`` (calls) and ``_streams`` (streams): the happy path;
+  ``_failures``: everything after an attempt that did not succeed.
+* ``_context``: per-call state in a ``ContextVar`` (nesting, opt-out, records).
+* ``_events``: attempt records, hooks and log lines.
+* ``_decorator``: ``@retry``, imported on its own (it needs wrapt).
+"""
+
+from ._classify import Verdict, explain
+from ._context import (
+    IDLE,
+    STATE,
+    CallState,
+    current_end,
+    last_attempts,
+    record_end,
+    retries_disabled,
+)
+from ._engine import call_runner, call_with_retry
+from ._events import AttemptRecord, RetryDetails, RetryHook
+from ._failures import Runtime
+from ._ladder import CallSpec
+from ._policy import (
+    RetryPolicy,
+    configure,
+    get_policy,
+    is_testing,
+    policy_from_env,
+    reset_config,
+    set_testing,
+)
+from ._streams import stream_with_retry
+
+__all__ = [
+    "IDLE",
+    "STATE",
+    "AttemptRecord",
+    "CallSpec",
+    "CallState",
+    "RetryDetails",
+    "RetryHook",
+    "RetryPolicy",
+    "Runtime",
+    "Verdict",
+    "call_runner",
+    "call_with_retry",
+    "configure",
+    "current_end",
+    "explain",
+    "get_policy",
+    "is_testing",
+    "last_attempts",
+    "policy_from_env",
+    "record_end",
+    "reset_config",
+    "retries_disabled",
+    "set_testing",
+    "stream_with_retry",
+]

@@ -1,0 +1,122 @@
+"""``@retry``: the engine around any function, method or generator function.
+
+Built on wrapt's ``FunctionWrapper`` (descriptor binding for methods, class
+and static methods done right) and on the engine's runners, so a decorated
+call pays what a patched ``generate()`` pays. Kept apart from the engine
+because wrapt costs tens of milliseconds to import: the patch never needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+import wrapt
+
+from ._engine import Runner, call_runner
+from ._failures import DEFAULT_RUNTIME, Overrides, PolicyLike
+from ._ladder import CallSpec
+from ._policy import RetryPolicy
+from ._streams import stream_engine
+
+__all__ = ["retry"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@overload
+def retry(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def retry(
+    func: None = None, /, *, policy: RetryPolicy | None = None, **policy_overrides: Any
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+def retry(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    policy: RetryPolicy | None = None,
+    **policy_overrides: Any,
+) -> Any:
+    """Retry ``func`` under a policy: ``@retry`` or ``@retry(attempts=5, ...)``.
+
+    ``policy_overrides`` are ``RetryPolicy`` fields, checked now. Without
+    ``policy`` they apply over the process-wide default at call time, so
+    ``configure()`` still governs the other fields. Works on functions, methods
+    and generator functions (which get ``stream_with_retry`` semantics). Plain
+    functions have no generic notion of "empty": use ``call_with_retry`` with
+    ``CallSpec(is_empty=...)`` for that.
+    """
+    chosen: PolicyLike = policy
+    if policy_overrides and policy is not None:
+        chosen = dataclasses.replace(policy, **policy_overrides)
+    elif policy_overrides:
+        chosen = Overrides(policy_overrides)
+
+    def decorate(target: Callable[..., Any]) -> Any:
+        return _wrap(target, chosen)
+
+    return decorate if func is None else decorate(func)
+
+
+_Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[..., Any]
+else:
+    _FunctionWrapper = wrapt.FunctionWrapper
+
+
+class _Retrying(_FunctionWrapper):
+    """wrapt's FunctionWrapper, called directly without its method probe.
+
+    Called directly, wrapt's C ``__call__`` first looks up ``__self__`` on a
+    plain function to find a bound instance; the failed lookup raises and
+    clears an ``AttributeError``, about half the wrapper's cost. The retry
+    wrapper needs no instance there (its spec comes from what was decorated),
+    so a direct call goes straight to it. Bound calls (methods) still go
+    through wrapt's binding, which passes the instance.
+    """
+
+    _self_run: Runner
+
+    def __init__(self, target: Any, wrapper: _Wrapper, run: Runner) -> None:
+        super().__init__(target, wrapper)
+        self._self_run = run
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        return self._self_run(self.__wrapped__, args, kwargs)
+
+
+def _wrap(target: Any, policy: PolicyLike) -> Any:
+    inner = (
+        target.__func__ if isinstance(target, classmethod | staticmethod) else target
+    )
+    if inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner):
+        raise TypeError(f"retry() does not support async callables: {inner!r}")
+    plain = CallSpec.from_callable(inner)
+    bound = (
+        plain
+        if isinstance(target, staticmethod)
+        else CallSpec.from_callable(inner, bound=True)
+    )
+    rt = DEFAULT_RUNTIME  # bound at decoration; tests swap it before decorating
+    if inspect.isgeneratorfunction(inner):
+
+        def stream_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            spec = plain if instance is None else bound
+            return stream_engine(wrapped, args, kwargs, spec, policy=policy, rt=rt)
+
+        return wrapt.FunctionWrapper(target, stream_wrapper)
+
+    run_plain = call_runner(plain, policy=policy, runtime=rt)
+    run_bound = (
+        run_plain if bound is plain else call_runner(bound, policy=policy, runtime=rt)
+    )
+
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        run = run_plain if instance is None else run_bound
+        return run(wrapped, args, kwargs)
+
+    return _Retrying(target, wrapper, run_plain)
