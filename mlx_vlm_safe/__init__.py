@@ -33,6 +33,7 @@ _PUBLIC = {
         "unpatch",
     ),
     "._retry": (
+        "retry",
         "AttemptRecord",
         "RetryDetails",
         "RetryHook",
@@ -44,7 +45,6 @@ _PUBLIC = {
         "retries_disabled",
         "set_testing",
     ),
-    "._retry._decorator": ("retry",),
     "._configure": ("configure", "reset_config"),
 }
 _LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
@@ -76,8 +76,8 @@ if TYPE_CHECKING:
     from ._retry import last_attempts as last_attempts
     from ._retry import policy_from_env as policy_from_env
     from ._retry import retries_disabled as retries_disabled
+    from ._retry import retry as retry
     from ._retry import set_testing as set_testing
-    from ._retry._decorator import retry as retry
 
 
 def __getattr__(name: str) -> Any:

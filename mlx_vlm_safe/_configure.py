@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ._patch._memory import _budget
+from ._patch import _memory
 from ._retry import RetryPolicy, get_policy
 from ._retry import configure as configure_retry
 from ._retry import reset_config as reset_retry
@@ -30,22 +30,22 @@ def configure(**changes: object) -> RetryPolicy:
         ValueError: an invalid value; then nothing is changed.
 
     """
-    known = {f.name for f in dataclasses.fields(RetryPolicy)} | _budget.MEMORY_SETTINGS
+    known = {f.name for f in dataclasses.fields(RetryPolicy)} | _memory.MEMORY_SETTINGS
     unknown = sorted(set(changes) - known)
     if unknown:
         raise TypeError(
             f"unknown setting(s): {', '.join(unknown)}; "
             f"known: {', '.join(sorted(known))}"
         )
-    memory = {k: changes.pop(k) for k in _budget.MEMORY_SETTINGS if k in changes}
-    new_memory = _budget.updated(memory) if memory else None
+    memory = {k: changes.pop(k) for k in _memory.MEMORY_SETTINGS if k in changes}
+    new_memory = _memory.updated(memory) if memory else None
     policy = configure_retry(**changes) if changes else get_policy()
     if new_memory is not None:
-        _budget.use(new_memory)
+        _memory.use(new_memory)
     return policy
 
 
 def reset_config() -> None:
     """Forget ``configure()`` changes; the environment is read again on next use."""
     reset_retry()
-    _budget.reset_memory()
+    _memory.reset_memory()

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from mlx_vlm_safe import _cli, _env
-from mlx_vlm_safe._cli import _doctor, _launch, _render
+from mlx_vlm_safe._cli import _diagnosis, _doctor, _launch, _render
 from mlx_vlm_safe._releases import (
     ENTRY_ERROR,
     Install,
@@ -99,7 +99,7 @@ def _doctor_json(
 
 
 def _expected_code(release: Release) -> int:
-    return _doctor.AFFECTED_FIXED if ROOT_CAUSE & set(_fixes(release)) else 0
+    return _diagnosis.AFFECTED_FIXED if ROOT_CAUSE & set(_fixes(release)) else 0
 
 
 @pytest.fixture(scope="module")
@@ -237,9 +237,9 @@ def test_doctor_json_reports_this_release(
     mlx_vlm: Any, release: Release, install: Install
 ) -> None:
     code, d = _doctor_json()
-    assert d["schema"] == _doctor.SCHEMA
+    assert d["schema"] == _diagnosis.SCHEMA
     assert (code, d["exit_code"]) == (_expected_code(release),) * 2
-    assert d["status"] == _doctor.STATUS[code]
+    assert d["status"] == _diagnosis.STATUS[code]
     assert d["python"]["version"] == platform.python_version()
     assert d["python"]["executable"] == sys.executable
     for name, version in d["packages"].items():
@@ -301,7 +301,7 @@ def test_doctor_text_has_facts_verdicts_and_the_same_exit_code(
     assert proc.returncode == code
     out = proc.stdout
     assert f"mlx-vlm       {mlx_vlm.__version__} (__version__)" in out
-    assert f"status: {_doctor.STATUS[code]} (exit {code})" in out
+    assert f"status: {_diagnosis.STATUS[code]} (exit {code})" in out
     assert "Would pinning mlx-vlm 0.3.4 help? No" in out
     assert "Traceback" not in proc.stderr
 
@@ -314,13 +314,13 @@ def test_doctor_live_generates_on_the_tiny_checkpoint(
     code, d = _doctor_json("--live", extra={"MLX_VLM_SAFE_CACHE": str(tmp_path)})
     live = d["live"]
     if release.has("load_shim"):  # 0.2.0's load() cannot load the checkpoint
-        assert (code, live["ok"]) == (_doctor.CANNOT_GENERATE, False)
+        assert (code, live["ok"]) == (_diagnosis.CANNOT_GENERATE, False)
         assert "AudioModel" in live["error"]
         return
     assert code == _expected_code(release)
     assert live["ok"] is True, live["error"]
     # the tiny model never stops early (0.1.7-0.1.9 ignore max_tokens)
-    assert live["tokens"] == release.tokens_for(_doctor.LIVE_TOKENS)
+    assert live["tokens"] == release.tokens_for(_diagnosis.LIVE_TOKENS)
     assert live["finish_reason"] == "length"
     assert live["text"]
     assert live["worker_thread_same"] is True
@@ -330,9 +330,9 @@ def test_doctor_live_generates_on_the_tiny_checkpoint(
 def test_doctor_with_the_kill_switch_says_not_fixed(release: Release) -> None:
     code, d = _doctor_json(extra={"MLX_VLM_SAFE_DISABLE": "1"})
     affected = bool(ROOT_CAUSE & set(_fixes(release)))
-    expected = _doctor.ERROR if affected else _doctor.HEALTHY
+    expected = _diagnosis.ERROR if affected else _diagnosis.HEALTHY
     if release.fails_on_entry:  # and nothing replaces wired_limit now
-        expected = _doctor.CANNOT_GENERATE
+        expected = _diagnosis.CANNOT_GENERATE
     assert code == expected
     assert d["patch"]["status"] == "disabled"
     assert d["patch"]["active"] is False
@@ -357,7 +357,7 @@ def test_doctor_without_mlx_vlm_says_so_and_exits_5(as_json: bool) -> None:
     # -S: no site-packages at all, so no mlx-vlm (and no mlx, no packaging).
     argv = ["doctor", "--json"] if as_json else ["doctor"]
     proc = _python("-S", "-c", _NO_SITE.format(repo=str(REPO), argv=argv))
-    assert proc.returncode == _doctor.NOT_INSTALLED == 5
+    assert proc.returncode == _diagnosis.NOT_INSTALLED == 5
     assert "Traceback" not in proc.stderr, proc.stderr
     if as_json:
         d = json.loads(proc.stdout)
@@ -385,7 +385,7 @@ sys.exit(main(["doctor"]))
 def test_doctor_when_mlx_cannot_load_exits_4() -> None:
     # What `pip install mlx` (no [cpu] extra) does on Linux, simulated at import.
     proc = _python("-c", _BROKEN_MLX)
-    assert proc.returncode == _doctor.CANNOT_GENERATE == 4
+    assert proc.returncode == _diagnosis.CANNOT_GENERATE == 4
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "libmlx.so" in proc.stdout
     assert '"mlx[cpu]"' in proc.stdout
@@ -426,16 +426,16 @@ def test_doctor_reports_a_malformed_autopatch_value() -> None:
 def test_doctor_failing_itself_exits_6_without_traceback(
     as_json: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(*, live: bool = False) -> _doctor.Diagnosis:
+    def broken(*, live: bool = False) -> _diagnosis.Diagnosis:
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(_doctor, "collect", broken)
     out = io.StringIO()
-    assert _doctor.run(as_json=as_json, out=out) == _doctor.ERROR == 6
+    assert _doctor.run(as_json=as_json, out=out) == _diagnosis.ERROR == 6
     text = out.getvalue()
     if as_json:
         assert json.loads(text) == {
-            "schema": _doctor.SCHEMA,
+            "schema": _diagnosis.SCHEMA,
             "status": "error",
             "exit_code": 6,
             "error": "doctor failed: RuntimeError: disk on fire",
@@ -445,7 +445,7 @@ def test_doctor_failing_itself_exits_6_without_traceback(
 
 
 def test_exit_codes_are_distinct_and_avoid_argparse() -> None:
-    codes = list(_doctor.STATUS)
+    codes = list(_diagnosis.STATUS)
     assert len(set(codes)) == len(codes) == 5
     assert 1 not in codes  # an uncaught exception
     assert 2 not in codes  # argparse's usage error

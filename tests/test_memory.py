@@ -315,14 +315,14 @@ def test_checks_are_amortised() -> None:
 
 
 def test_doctor_shows_the_budget() -> None:
-    from mlx_vlm_safe._cli import _doctor
+    from mlx_vlm_safe._patch import memory_snapshot
 
     mlx_vlm_safe.configure(memory_limit="64MiB", memory_margin=0)
-    shown = _doctor._memory()
+    shown = memory_snapshot()
     assert shown["guard"] == "on"
     assert shown["sources"]["memory_limit"] == 64 * 2**20
     assert shown["budget"] <= 64 * 2**20
     assert "64.0 MiB" in shown["summary"]
     mlx_vlm_safe.configure(memory_limit="off")
-    shown = _doctor._memory()
+    shown = memory_snapshot()
     assert (shown["guard"], shown["budget"], shown["summary"]) == ("off", None, "off")

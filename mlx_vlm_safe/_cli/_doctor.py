@@ -306,25 +306,8 @@ def collect(*, live: bool = False) -> Diagnosis:
         verdicts=tuple(verdicts),
         warnings=tuple(warnings + list(f.patch.warnings)),
         live=f.live,
-        memory=_memory(),
+        memory=_patch.memory_snapshot(),
     )
-
-
-def _memory() -> dict[str, Any]:
-    """The memory guard's settings and the budget a generation would get now."""
-    from .._patch._memory import _budget
-
-    settings = _budget.settings()
-    budget = _budget.read_budget(settings)
-    return {
-        "limit_variable": os.environ.get(_budget.LIMIT_VARIABLE),
-        "guard": "off" if budget is None else "on",
-        "budget": None if budget is None else budget.room,
-        "source": None if budget is None else budget.source,
-        "sources": {} if budget is None else dict(budget.sources),
-        "margin": None if budget is None else budget.margin,
-        "summary": _budget.describe(budget),
-    }
 
 
 def run(*, as_json: bool = False, live: bool = False, out: TextIO | None = None) -> int:

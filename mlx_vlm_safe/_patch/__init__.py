@@ -19,6 +19,7 @@ imports mlx or mlx-vlm: the patch works on whatever ``mlx_vlm`` is loaded
 from ._api import PatchError, activate, is_patched, on_import, patch, report, unpatch
 from ._inventory import distributions, metadata_version
 from ._locate import locate
+from ._memory import snapshot as memory_snapshot
 from ._mlx import device
 from ._plan import FIXES
 from ._probes import examine
@@ -41,6 +42,7 @@ __all__ = [
     "is_patched",
     "last_outcome",
     "locate",
+    "memory_snapshot",
     "metadata_version",
     "on_import",
     "patch",

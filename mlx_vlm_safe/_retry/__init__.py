@@ -12,8 +12,11 @@ keywords a retry may lower, and what counts as an empty result).
   ``_failures``: everything after an attempt that did not succeed.
 * ``_context``: per-call state in a ``ContextVar`` (nesting, opt-out, records).
 * ``_events``: attempt records, hooks and log lines.
-* ``_decorator``: ``@retry``, imported on its own (it needs wrapt).
+* ``_decorator``: ``@retry``, imported on first use (it needs wrapt, which
+  costs tens of milliseconds to import; the patch never needs it).
 """
+
+from __future__ import annotations
 
 from ._classify import Verdict, explain
 from ._context import (
@@ -40,6 +43,12 @@ from ._policy import (
 )
 from ._streams import stream_with_retry
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._decorator import retry as retry
+
 __all__ = [
     "IDLE",
     "STATE",
@@ -63,6 +72,16 @@ __all__ = [
     "record_end",
     "reset_config",
     "retries_disabled",
+    "retry",
     "set_testing",
     "stream_with_retry",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name != "retry":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from ._decorator import retry
+
+    globals()["retry"] = retry
+    return retry

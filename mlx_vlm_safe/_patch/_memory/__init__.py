@@ -5,3 +5,7 @@ Strictly private. ``_budget`` says how much room the process has left (cgroup,
 generation will need (from the loaded model), and ``_guard`` wraps the
 release's ``stream_generate`` with the checks before and during generation.
 """
+
+from ._budget import MEMORY_SETTINGS, reset_memory, snapshot, updated, use
+
+__all__ = ["MEMORY_SETTINGS", "reset_memory", "snapshot", "updated", "use"]

@@ -322,6 +322,20 @@ def read_budget(current: Settings | None = None) -> Budget | None:
     return Budget(max(tightest - margin, 0), source, rooms, margin)
 
 
+def snapshot() -> dict[str, object]:
+    """The settings and the budget a generation would get now (for doctor)."""
+    budget = read_budget(settings())
+    return {
+        "limit_variable": os.environ.get(LIMIT_VARIABLE),
+        "guard": "off" if budget is None else "on",
+        "budget": None if budget is None else budget.room,
+        "source": None if budget is None else budget.source,
+        "sources": {} if budget is None else dict(budget.sources),
+        "margin": None if budget is None else budget.margin,
+        "summary": describe(budget),
+    }
+
+
 def describe(budget: Budget | None) -> str:
     """One line for doctor and report()."""
     if budget is None:
