@@ -4,14 +4,14 @@
 session, two at a time (this machine and CI have two cores), and prints one
 line per environment. Every environment runs every real-model test; the tests
 that need a fresh interpreter (``-m subprocess``) run on the environments in
-``FRESH_INTERPRETER_ENVS`` of ``_releases.py`` (one per server binding). One
+``FRESH_INTERPRETER_ENVS`` of ``tools/matrix.py`` (one per server binding). One
 environment alone: ``nox -s "tests(0.3.5)"``; the list: ``nox -l``.
 
 Each environment gets its own virtualenv (uv makes them cheap: every wheel
 comes from uv's cache after the first run, shared by all environments), with
 ``mlx[cpu]``, one mlx-vlm release and the library. What the suite expects of a
-release is read from ``mlx_vlm_safe/_releases.py``; this file only says what
-to install, and why each pin is there. The releases listed here and the
+release is read from ``tools/matrix.py``; this file only says what to
+install, and why each pin is there. The releases listed here and the
 table's ``tested`` releases must agree (checked when this file loads).
 """
 
@@ -53,9 +53,9 @@ JOBS = int(os.environ.get("MLX_VLM_SAFE_JOBS", "2"))
 
 
 def _load_table() -> Any:
-    """``mlx_vlm_safe._releases`` without importing the package (no hook)."""
-    path = ROOT / "mlx_vlm_safe" / "_releases.py"
-    spec = importlib.util.spec_from_file_location("_mlx_vlm_safe_releases", path)
+    """``tools/matrix.py``, by path (it puts the checkout on sys.path itself)."""
+    path = ROOT / "tools" / "matrix.py"
+    spec = importlib.util.spec_from_file_location("_mlx_vlm_safe_matrix", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -184,12 +184,12 @@ def _version_of(env_id: str) -> str | None:
 
 def _check_against_table() -> None:
     upstream = {_version_of(k) for k in ENVIRONMENTS} - {None}
-    tested = {v for row in TABLE.RELEASES for v in row.tested}
+    tested = {v for row in TABLE.EXPECTED for v in row.tested}
     installs = {i.name for i in TABLE.INSTALLS}
     forks = {e.matrix_env for e in ENVIRONMENTS.values() if e.matrix_env}
     if upstream != tested or forks != installs:
         raise SystemExit(
-            "noxfile.py and mlx_vlm_safe/_releases.py disagree on what CI tests: "
+            "noxfile.py and tools/matrix.py disagree on what CI tests: "
             f"only here {sorted((upstream - tested) | (forks - installs))}, "
             f"only in the table {sorted((tested - upstream) | (installs - forks))}"
         )
@@ -211,7 +211,7 @@ def _row(env_id: str) -> Any:
     if install is not None:
         return install.release()
     if version is not None:
-        return TABLE.release_for(version).at(version)
+        return TABLE.expected_release(version)
     return None  # latest: whatever it is, the whole suite
 
 
@@ -301,7 +301,7 @@ def _interpreter(env_id: str) -> Interpreter:
 
     Never downloaded (CI is offline but for the package index). The tests
     that need the wanted Python are deselected, by name, on a substitute:
-    the table (``_releases.python_deselected``) says which.
+    the table (``tools/matrix.py``'s ``python_deselected``) says which.
     """
     env = ENVIRONMENTS[env_id]
     path = _installed(env.python) or RUNNER_PYTHON

@@ -6,8 +6,8 @@ release is installed is the one parameter of the suite: CI runs it once per
 release, in one environment each (``noxfile.py``).
 
 What to expect of the installed release is data: the row of
-``mlx_vlm_safe/_releases.py`` for its ``__version__``, with the facts of that
-exact version attached (``release.has("kwargs_dropped")`` ...). A CI
+``tools/matrix.py`` for its ``__version__``, with the facts of that exact
+version attached (``release.has("kwargs_dropped")`` ...). A CI
 environment that is not one upstream release (a fork, a co-install) names
 itself in ``MLX_VLM_SAFE_MATRIX_ENV`` and is expected to behave as its entry
 in ``INSTALLS`` says.
@@ -28,18 +28,18 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._releases import (
-    Install,
-    Release,
-    expected_release,
-    install_named,
-    streams_bound,
-)
 from mlx_vlm_safe.testing import (
     build_tiny_checkpoint,
     plant_fault,
     tiny_image_path,
     tiny_prompt,
+)
+from tools.matrix import (
+    Expected,
+    Install,
+    expected_release,
+    install_named,
+    streams_bound,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def mlx_vlm() -> Any:
 
 
 @pytest.fixture(scope="session")
-def release(mlx_vlm: Any) -> Release:
+def release(mlx_vlm: Any) -> Expected:
     """The table's row for the installed code, with its version's facts."""
     env = os.environ.get(MATRIX_ENV)
     if env:
@@ -145,7 +145,7 @@ def install(mlx_vlm: Any) -> Install:
 
 
 @pytest.fixture(scope="session")
-def exports(mlx_vlm: Any, release: Release) -> Any:
+def exports(mlx_vlm: Any, release: Expected) -> Any:
     """The module that exports ``stream_generate`` on this release.
 
     Before 0.1.15 the package does not export it: callers use
@@ -192,7 +192,7 @@ def _audio_less_load() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _load_shim(release: Release) -> Iterator[None]:
+def _load_shim(release: Expected) -> Iterator[None]:
     """Apply the load() shim where the table says the release needs it."""
     if release.has("load_shim"):
         with _audio_less_load():

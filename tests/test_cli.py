@@ -4,7 +4,7 @@ Everything that depends on how an interpreter starts runs in a fresh one
 (``sys.executable -m mlx_vlm_safe ...``), with the environment spelled out:
 the suite may run from a checkout (``PYTHONPATH``) or from an editable
 install (CI's nox session), and each test says which one it needs. What the
-doctor must find is read from ``_releases`` for the installed release, so the
+doctor must find is read from ``tools/matrix.py`` for the installed release, so the
 same tests check 0.3.5 (affected) and 0.7.10 (healthy) and fail if the doctor
 calls either one wrong.
 """
@@ -30,14 +30,9 @@ import pytest
 
 from mlx_vlm_safe import _cli, _env
 from mlx_vlm_safe._cli import _diagnosis, _doctor, _launch, _render
-from mlx_vlm_safe._releases import (
-    ENTRY_ERROR,
-    Install,
-    Release,
-    release_for,
-    streams_bound,
-)
+from mlx_vlm_safe._releases import release_for
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
+from tools.matrix import ENTRY_ERROR, Expected, Install, streams_bound
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BOOT_DIR = REPO / "mlx_vlm_safe" / "_bootstrap"
@@ -53,7 +48,7 @@ ROOT_CAUSE = {
 BOUND = streams_bound(md.version("mlx"))
 
 
-def _fixes(release: Release) -> tuple[str, ...]:
+def _fixes(release: Expected) -> tuple[str, ...]:
     return release.fixes_on(BOUND)
 
 
@@ -98,7 +93,7 @@ def _doctor_json(
     return proc.returncode, json.loads(proc.stdout)  # stdout is only the JSON
 
 
-def _expected_code(release: Release) -> int:
+def _expected_code(release: Expected) -> int:
     return _diagnosis.AFFECTED_FIXED if ROOT_CAUSE & set(_fixes(release)) else 0
 
 
@@ -234,7 +229,7 @@ def test_no_subcommand_prints_help_and_exits_2(
 
 @pytest.mark.subprocess
 def test_doctor_json_reports_this_release(
-    mlx_vlm: Any, release: Release, install: Install
+    mlx_vlm: Any, release: Expected, install: Install
 ) -> None:
     code, d = _doctor_json()
     assert d["schema"] == _diagnosis.SCHEMA
@@ -294,7 +289,7 @@ def test_doctor_json_keys_are_the_documented_schema() -> None:
 
 @pytest.mark.subprocess
 def test_doctor_text_has_facts_verdicts_and_the_same_exit_code(
-    mlx_vlm: Any, release: Release
+    mlx_vlm: Any, release: Expected
 ) -> None:
     proc = _cli_run("doctor")
     code = _expected_code(release)
@@ -309,7 +304,7 @@ def test_doctor_text_has_facts_verdicts_and_the_same_exit_code(
 @pytest.mark.subprocess
 @pytest.mark.model
 def test_doctor_live_generates_on_the_tiny_checkpoint(
-    release: Release, tmp_path: pathlib.Path
+    release: Expected, tmp_path: pathlib.Path
 ) -> None:
     code, d = _doctor_json("--live", extra={"MLX_VLM_SAFE_CACHE": str(tmp_path)})
     live = d["live"]
@@ -327,7 +322,7 @@ def test_doctor_live_generates_on_the_tiny_checkpoint(
 
 
 @pytest.mark.subprocess
-def test_doctor_with_the_kill_switch_says_not_fixed(release: Release) -> None:
+def test_doctor_with_the_kill_switch_says_not_fixed(release: Expected) -> None:
     code, d = _doctor_json(extra={"MLX_VLM_SAFE_DISABLE": "1"})
     affected = bool(ROOT_CAUSE & set(_fixes(release)))
     expected = _diagnosis.ERROR if affected else _diagnosis.HEALTHY
@@ -451,7 +446,7 @@ def test_exit_codes_are_distinct_and_avoid_argparse() -> None:
     assert 2 not in codes  # argparse's usage error
 
 
-def test_in_process_diagnosis_round_trips_to_json(release: Release) -> None:
+def test_in_process_diagnosis_round_trips_to_json(release: Expected) -> None:
     d = _doctor.collect()
     data = json.loads(json.dumps(dataclasses.asdict(d)))
     assert data["exit_code"] == _expected_code(release)
@@ -509,7 +504,7 @@ except Exception as exc:
 @pytest.mark.subprocess
 @pytest.mark.model
 def test_run_makes_an_untouched_program_see_the_real_error(
-    assets: tuple[pathlib.Path, pathlib.Path], release: Release
+    assets: tuple[pathlib.Path, pathlib.Path], release: Expected
 ) -> None:
     if release.shape != "result":
         pytest.skip(
@@ -711,7 +706,7 @@ def _console_script() -> pathlib.Path | None:
     reason="no mlx-vlm-safe console script beside this interpreter: the package "
     "is not installed here (a PYTHONPATH checkout)",
 )
-def test_console_script_runs_doctor(release: Release) -> None:
+def test_console_script_runs_doctor(release: Expected) -> None:
     script = _console_script()
     assert script is not None
     proc = subprocess.run(
@@ -741,7 +736,7 @@ def test_cli_module_is_importable_without_mlx() -> None:
 
 @pytest.mark.model
 def test_demo_labels_follow_max_tokens_and_messages_are_whole(
-    release: Release, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    release: Expected, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlx_vlm_safe._cli import _demo
 
@@ -763,7 +758,7 @@ def test_demo_labels_follow_max_tokens_and_messages_are_whole(
     assert "[length]" in text
 
 
-def test_report_str_is_a_readable_multi_line_summary(release: Release) -> None:
+def test_report_str_is_a_readable_multi_line_summary(release: Expected) -> None:
     import mlx_vlm_safe
 
     report = mlx_vlm_safe.report()

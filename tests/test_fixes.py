@@ -4,7 +4,7 @@ Every test here runs the real ``load()``/``generate()``. Faults are planted at
 ``generate_step`` (``mlx_vlm_safe.testing``); everything around them is real.
 Tests that take the ``unpatched`` fixture show what the release does without
 the library, so the same run proves both the defect and the fix. What each
-release does is read from ``mlx_vlm_safe/_releases.py`` (the ``release``
+release does is read from ``tools/matrix.py`` (the ``release``
 fixture: its row plus the facts of the installed version), never from ``if``s
 on version numbers here.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._releases import ENTRY_ERROR, Release
 from mlx_vlm_safe.testing import empty_stream, plant_fault
+from tools.matrix import ENTRY_ERROR, Expected
 
 from .conftest import NONE_DEFECT, Tiny, counting_tokens
 
@@ -46,7 +46,7 @@ TRIGGERS: dict[str, dict[str, Any]] = {
 }
 
 
-def _shape_ok(result: Any, release: Release) -> bool:
+def _shape_ok(result: Any, release: Expected) -> bool:
     if release.shape == "str":
         return isinstance(result, str)
     if release.shape == "tuple":
@@ -98,7 +98,7 @@ def _entry_failure(exc: BaseException) -> bool:
 
 
 def test_happy_path_keeps_the_release_shape(
-    tiny: Tiny, mlx_vlm: Any, release: Release
+    tiny: Tiny, mlx_vlm: Any, release: Expected
 ) -> None:
     """A normal call returns the release's own type, full length, and says why."""
     result, tokens = _counted_call(tiny, mlx_vlm.generate, max_tokens=8)
@@ -112,7 +112,7 @@ def test_happy_path_keeps_the_release_shape(
 
 @pytest.mark.parametrize("kwargs", TRIGGERS.values(), ids=TRIGGERS.keys())
 def test_trigger_gives_the_real_error_or_a_real_result(
-    tiny: Tiny, mlx_vlm: Any, release: Release, kwargs: dict[str, Any]
+    tiny: Tiny, mlx_vlm: Any, release: Expected, kwargs: dict[str, Any]
 ) -> None:
     """Patched, a bad call never ends in the None defect."""
     counted: list[int] = []
@@ -140,7 +140,7 @@ def _outcome(tiny: Tiny, generate: Any, kwargs: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("kwargs", TRIGGERS.values(), ids=TRIGGERS.keys())
 def test_trigger_that_was_swallowed_now_raises(
-    tiny: Tiny, mlx_vlm: Any, release: Release, kwargs: dict[str, Any]
+    tiny: Tiny, mlx_vlm: Any, release: Expected, kwargs: dict[str, Any]
 ) -> None:
     """Where the release hid an error behind the None defect, the error comes back;
     where every call failed on entry, the call runs for real; elsewhere the patch
@@ -162,7 +162,7 @@ def test_trigger_that_was_swallowed_now_raises(
 
 
 def test_documented_triggers_hit_the_defect_on_affected_releases(
-    tiny: Tiny, mlx_vlm: Any, release: Release, unpatched: None
+    tiny: Tiny, mlx_vlm: Any, release: Expected, unpatched: None
 ) -> None:
     """On 0.3.2-0.3.10 off Metal both root-cause.md triggers end as the None defect."""
     first_two = list(TRIGGERS.values())[:2]
@@ -179,7 +179,7 @@ def test_documented_triggers_hit_the_defect_on_affected_releases(
 
 
 def test_documented_triggers_raise_their_real_type_when_patched(
-    tiny: Tiny, mlx_vlm: Any, release: Release
+    tiny: Tiny, mlx_vlm: Any, release: Expected
 ) -> None:
     """The two root-cause.md triggers: ValueError and TypeError, as 0.3.11 gives.
 
@@ -221,7 +221,7 @@ def test_error_after_k_tokens_raises_the_same_object(
 
 @pytest.mark.parametrize("after", [1, 5])
 def test_cut_answer_was_returned_as_complete_without_the_patch(
-    tiny: Tiny, mlx_vlm: Any, release: Release, unpatched: None, after: int
+    tiny: Tiny, mlx_vlm: Any, release: Expected, unpatched: None, after: int
 ) -> None:
     """The defect the previous test fixes: a cut answer that looks finished."""
     with plant_fault(RuntimeError("decoder failed"), after_tokens=after) as record:
@@ -250,7 +250,7 @@ def test_base_exceptions_reach_the_caller(
 
 
 def test_ctrl_c_was_swallowed_without_the_patch(
-    tiny: Tiny, mlx_vlm: Any, release: Release, unpatched: None
+    tiny: Tiny, mlx_vlm: Any, release: Expected, unpatched: None
 ) -> None:
     """The defect: Ctrl-C in the middle of a generation ended it 'normally'."""
     with plant_fault(KeyboardInterrupt, after_tokens=2) as record:
@@ -293,7 +293,7 @@ def test_stream_generate_raises_the_real_error(tiny: Tiny, exports: Any) -> None
 
 
 def test_stream_generate_ended_empty_without_the_patch(
-    tiny: Tiny, exports: Any, release: Release, unpatched: None
+    tiny: Tiny, exports: Any, release: Expected, unpatched: None
 ) -> None:
     """The defect: an error before the first token made the stream end silently."""
     with plant_fault(ValueError("bad argument"), after_tokens=0):
@@ -328,7 +328,7 @@ def test_reference_captured_before_the_patch_is_fixed_too(
 
 
 def test_empty_stream_returns_the_release_shape_empty(
-    tiny: Tiny, mlx_vlm: Any, release: Release
+    tiny: Tiny, mlx_vlm: Any, release: Expected
 ) -> None:
     """Nothing generated, no error: an empty result of the release's type."""
     for verbose in (False, True):
@@ -341,7 +341,7 @@ def test_empty_stream_returns_the_release_shape_empty(
 
 
 def test_empty_stream_crashed_without_the_patch(
-    tiny: Tiny, mlx_vlm: Any, release: Release, unpatched: None
+    tiny: Tiny, mlx_vlm: Any, release: Expected, unpatched: None
 ) -> None:
     """The defect: upstream generate() dereferences the missing last item."""
     with empty_stream():
@@ -353,7 +353,7 @@ def test_empty_stream_crashed_without_the_patch(
 
 
 def test_wrapped_stream_never_ends_empty_where_generate_is_unguarded(
-    tiny: Tiny, exports: Any, release: Release
+    tiny: Tiny, exports: Any, release: Expected
 ) -> None:
     """stream_generate itself yields one empty item rather than nothing."""
     with empty_stream():
@@ -381,7 +381,7 @@ def test_missing_image_is_a_clear_error_at_once(tiny: Tiny, mlx_vlm: Any) -> Non
 
 
 def test_caller_built_pixel_values_error_is_real(
-    tiny: Tiny, mlx_vlm: Any, release: Release
+    tiny: Tiny, mlx_vlm: Any, release: Expected
 ) -> None:
     """Caller-built arrays of the wrong kind: the real error, not the None defect."""
     arrays = {
@@ -425,7 +425,7 @@ def test_max_tokens_zero_is_newest_upstreams_empty_answer(
 
 
 def test_max_tokens_zero_unpatched_is_the_release_own(
-    tiny: Tiny, mlx_vlm: Any, release: Release, unpatched: None
+    tiny: Tiny, mlx_vlm: Any, release: Expected, unpatched: None
 ) -> None:
     """The control: what the release does without us (the table's fact)."""
     if release.fails_on_entry:  # 0.1.22-0.3.1 off Metal: nothing generates

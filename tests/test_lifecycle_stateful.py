@@ -44,8 +44,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from mlx_vlm_safe._releases import expected_release
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
+from tools.matrix import expected_release
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.model]
 

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 import mlx_vlm_safe
 from mlx_vlm_safe._patch._memory import _budget, _estimate
 from mlx_vlm_safe._patch._memory import _guard as _memguard
-from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe._retry import Verdict, explain
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
+from tools.matrix import Expected
 
 from .conftest import WIDE, Tiny
 
@@ -211,7 +211,7 @@ def test_refused_before_any_allocation_naming_both_numbers(
 
 
 @pytest.mark.model
-def test_the_ladder_gets_its_chance(tiny: Any, mlx_vlm: Any, release: Release) -> None:
+def test_the_ladder_gets_its_chance(tiny: Any, mlx_vlm: Any, release: Expected) -> None:
     """4000 tokens do not fit, the ladder's 2000 neither; 100 do.
 
     The limit lies halfway between what 100 tokens really take (measured) and
@@ -280,7 +280,7 @@ def test_report_says_whether_the_estimate_was_made(tiny: Any, mlx_vlm: Any) -> N
     )
 )
 def test_refuses_only_what_does_not_fit(
-    tiny: Any, mlx_vlm: Any, release: Release, case: tuple[int, int, int]
+    tiny: Any, mlx_vlm: Any, release: Expected, case: tuple[int, int, int]
 ) -> None:
     """Never a MemoryError for a call whose measured peak fits the budget;
     a call let through never overshoots it by more than the tolerance."""

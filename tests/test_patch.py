@@ -14,7 +14,7 @@ import pytest
 
 import mlx_vlm_safe
 from mlx_vlm_safe._patch._locate import unwrap
-from mlx_vlm_safe._releases import ENTRY_ERROR, Install, Release
+from tools.matrix import ENTRY_ERROR, Expected, Install
 
 from .conftest import Tiny, run_python
 
@@ -89,7 +89,7 @@ def test_someone_elses_wrapper_is_left_alone(mlx_vlm: Any) -> None:
 
 
 def test_report_describes_the_installed_release(
-    mlx_vlm: Any, release: Release, install: Install
+    mlx_vlm: Any, release: Expected, install: Install
 ) -> None:
     """The report names versions, device, layout, probes and where fixes went.
 
@@ -119,7 +119,7 @@ def test_patch_rejects_a_bad_argument(bad: object) -> None:
 
 @pytest.mark.model
 def test_patch_and_calls_from_many_threads(
-    tiny: Tiny, mlx_vlm: Any, exports: Any, release: Release
+    tiny: Tiny, mlx_vlm: Any, exports: Any, release: Expected
 ) -> None:
     """Concurrent patch/unpatch while generating: calls succeed, never two layers.
 
@@ -215,7 +215,7 @@ ORDERS = {
 }
 
 
-def _server_expected(release: Release) -> bool:
+def _server_expected(release: Expected) -> bool:
     """Whether the table says ``import mlx_vlm.server`` works here."""
     if release.server == "absent":
         return False
@@ -223,7 +223,7 @@ def _server_expected(release: Release) -> bool:
 
 
 @pytest.fixture(scope="module")
-def server_importable(release: Release) -> bool:
+def server_importable(release: Expected) -> bool:
     """Whether this release's server imports here, checked against the table."""
     result = run_python("import mlx_vlm.server")
     assert (result.returncode == 0) == _server_expected(release), result.stderr

@@ -15,18 +15,18 @@ import mlx_vlm_safe
 from mlx_vlm_safe._patch import locate
 from mlx_vlm_safe._patch._fixes._wired_limit import probe_wired_limit
 from mlx_vlm_safe._patch._probes import probe_empty_stream
-from mlx_vlm_safe._releases import (
+from mlx_vlm_safe._releases import KNOWN_NEWEST, RELEASES, release_for
+from tools.matrix import (
+    EXPECTED,
     FACTS,
     INSTALLS,
-    RELEASES,
-    Release,
+    Expected,
     expected_release,
-    release_for,
 )
 
 
 def test_installed_release_is_classified_as_the_table_says(
-    mlx_vlm: Any, release: Release, bound: bool
+    mlx_vlm: Any, release: Expected, bound: bool
 ) -> None:
     """Probes on the loaded code agree with the measured matrix for this release."""
     report = mlx_vlm_safe.report()
@@ -39,7 +39,7 @@ def test_installed_release_is_classified_as_the_table_says(
     assert report.fix_names() == release.fixes_on(bound)
 
 
-def test_layout_points_at_the_real_home(mlx_vlm: Any, release: Release) -> None:
+def test_layout_points_at_the_real_home(mlx_vlm: Any, release: Expected) -> None:
     """locate() finds the originals behind our wrappers, in the right module."""
     located = locate(sys.modules["mlx_vlm"])
     homes = {
@@ -125,17 +125,21 @@ def test_facts_installs_and_ci_releases_are_consistent() -> None:
     first, last = Version(RELEASES[0].first), Version(RELEASES[-1].last)
     for fact in FACTS:
         assert first <= Version(fact.first) <= Version(fact.last) <= last, fact
-    for row in RELEASES:
+    assert RELEASES[-1].last == KNOWN_NEWEST
+    for row, runtime in zip(EXPECTED, RELEASES, strict=True):
+        # the runtime row's columns, unchanged, plus what CI runs in the range
+        assert release_for(row.first) is runtime, row
+        assert all(getattr(row, f) == getattr(runtime, f) for f in vars(runtime)), row
         assert all(row.contains(v) for v in row.tested), row
         assert bool(row.tested) <= bool(row.checkpoint), row
     for install in INSTALLS:
         assert release_for(install.behaves_like) is not None, install
         assert expected_release(install.version, install.name) == (install.release())
     # the facts of one version, attached by at()
-    assert release_for("0.1.7").at("0.1.7").has("kwargs_dropped")  # type: ignore[union-attr]
-    assert not release_for("0.1.10").at("0.1.10").has("kwargs_dropped")  # type: ignore[union-attr]
-    assert release_for("0.1.7").at("0.1.7").tokens_for(8) == 256  # type: ignore[union-attr]
-    assert release_for("0.3.5").at("0.3.5").tokens_for(8) == 8  # type: ignore[union-attr]
+    assert expected_release("0.1.7").has("kwargs_dropped")  # type: ignore[union-attr]
+    assert not expected_release("0.1.10").has("kwargs_dropped")  # type: ignore[union-attr]
+    assert expected_release("0.1.7").tokens_for(8) == 256  # type: ignore[union-attr]
+    assert expected_release("0.3.5").tokens_for(8) == 8  # type: ignore[union-attr]
     # a release newer than the table is expected to behave like the newest row
-    assert expected_release("99.0.0") == RELEASES[-1].at("99.0.0")
+    assert expected_release("99.0.0") == EXPECTED[-1].at("99.0.0")
     assert expected_release("not a version") is None

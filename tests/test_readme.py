@@ -1,7 +1,7 @@
 """README.md: generated where it can be, and every Python example runs.
 
 * The compatibility table and the server coverage line are generated from
-  the release table (``python -m mlx_vlm_safe._releases --write``).
+  the release table (``python tools/compat_table.py --write``).
 * The demo and doctor samples are those commands' output
   (``python tools/readme_samples.py --write``).
 * Every fenced ``python`` block runs in a fresh interpreter against the tiny
@@ -26,19 +26,17 @@ from typing import Any
 
 import pytest
 
-from mlx_vlm_safe._releases import (
-    RELEASES,
-    Install,
-    Release,
+from tools.compat_table import (
     markdown_table,
     readme_section,
     replace_readme_section,
     replace_server_section,
     server_section,
 )
+from tools.matrix import EXPECTED, Expected, Install
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-FIX = "run `python -m mlx_vlm_safe._releases --write` and commit README.md"
+FIX = "run `python tools/compat_table.py --write` and commit README.md"
 
 
 def test_readme_compatibility_table_is_up_to_date() -> None:
@@ -51,8 +49,8 @@ def test_readme_compatibility_table_is_up_to_date() -> None:
 def test_every_range_has_a_row_that_says_what_ci_ran() -> None:
     """One row per range; each says which releases CI ran, or plainly that none."""
     rows = markdown_table().splitlines()[2:]
-    assert len(rows) == len(RELEASES)
-    for row, release in zip(rows, RELEASES, strict=True):
+    assert len(rows) == len(EXPECTED)
+    for row, release in zip(rows, EXPECTED, strict=True):
         tested = row.rstrip(" |").rsplit(" | ", 1)[-1]
         if release.tested:
             assert all(v in tested for v in release.tested), row
@@ -231,7 +229,7 @@ def test_every_python_block_is_classified() -> None:
 @pytest.mark.subprocess
 @pytest.mark.model
 def test_every_readme_python_example_runs_as_written(
-    release: Release, tmp_path: pathlib.Path
+    release: Expected, tmp_path: pathlib.Path
 ) -> None:
     """Each block runs in a fresh interpreter; continuations after their program."""
     if release.shape != "result":

@@ -15,8 +15,8 @@ import pytest
 
 import mlx_vlm_safe
 from mlx_vlm_safe._patch import locate
-from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import empty_stream, plant_fault
+from tools.matrix import Expected
 
 from .conftest import Tiny
 
@@ -43,7 +43,7 @@ def _tokens() -> int:
     "transient", [MemoryError(), RuntimeError(METAL_OOM)], ids=["MemoryError", "malloc"]
 )
 def test_transient_error_recovers_on_attempt_two_with_a_smaller_budget(
-    tiny: Tiny, mlx_vlm: Any, release: Release, transient: Exception
+    tiny: Tiny, mlx_vlm: Any, release: Expected, transient: Exception
 ) -> None:
     """Attempt 1 fails during prefill; attempt 2 runs with max_tokens capped."""
     mlx_vlm_safe.configure(ladder=({"max_tokens": 4},))
@@ -60,7 +60,7 @@ def test_transient_error_recovers_on_attempt_two_with_a_smaller_budget(
 
 
 def test_ladder_never_raises_the_callers_budget(
-    tiny: Tiny, mlx_vlm: Any, release: Release
+    tiny: Tiny, mlx_vlm: Any, release: Expected
 ) -> None:
     """max_tokens=3 stays 3 on every attempt; the default ladder is 512, 256."""
     with plant_fault(MemoryError(), after_tokens=0, times=2) as fault:
@@ -72,7 +72,7 @@ def test_ladder_never_raises_the_callers_budget(
     )
 
 
-def _bad_arguments(release: Release) -> list[dict[str, Any]]:
+def _bad_arguments(release: Expected) -> list[dict[str, Any]]:
     bad: list[dict[str, Any]] = [{"image": ["/nope/missing.png"]}]
     if not release.has("kwargs_dropped"):  # 0.1.7-0.1.9 never see sampling args
         bad.append({"temperature": "0.7"})
@@ -80,7 +80,7 @@ def _bad_arguments(release: Release) -> list[dict[str, Any]]:
 
 
 def test_real_bad_argument_fails_once(
-    tiny: Tiny, mlx_vlm: Any, release: Release
+    tiny: Tiny, mlx_vlm: Any, release: Expected
 ) -> None:
     """A missing image, a str temperature: deterministic, so one attempt only."""
     for kwargs in _bad_arguments(release):
@@ -140,7 +140,7 @@ def test_retries_disabled_for_one_call(tiny: Tiny, mlx_vlm: Any) -> None:
 
 
 def test_stream_failure_before_first_item_is_retried(
-    tiny: Tiny, exports: Any, release: Release
+    tiny: Tiny, exports: Any, release: Expected
 ) -> None:
     """stream_generate: a transient failure before any item is invisible."""
     with plant_fault(MemoryError(), after_tokens=0, times=1) as fault:

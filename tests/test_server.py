@@ -25,7 +25,7 @@ generation fail depends on the request model in front of ``generate()`` (see
 and coerced); on 0.6+ ``logit_bias`` is untyped and a string reaches sampling.
 
 Which releases run these tests, and which tests, is the release table's
-word (``_releases.server_deselected``; the noxfile deselects the rest by
+word (``tools.matrix.server_deselected``; the noxfile deselects the rest by
 name and the README's coverage line is generated from the same function):
 0.1.26-0.3.2 are sent a local file name instead of a data URL (they read a
 data URL as a file name); 0.2.0 (``load()`` broken) and 0.6.0 (its chat path
@@ -59,8 +59,8 @@ from typing import Any
 
 import pytest
 
-from mlx_vlm_safe._releases import ENTRY_ERROR, Release, server_deselected
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
+from tools.matrix import ENTRY_ERROR, Expected, server_deselected
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.model, pytest.mark.server]
 
@@ -270,7 +270,7 @@ class _ServerDied(Exception):
 RUN = [sys.executable, "-m", "mlx_vlm_safe", "run", "--"]
 
 
-def _skip_if_deselected(release: Release, node: str) -> None:
+def _skip_if_deselected(release: Expected, node: str) -> None:
     """Run by hand where the table says a test does not apply: say why, skip.
 
     CI never gets here: the noxfile deselects those tests by name.
@@ -281,12 +281,12 @@ def _skip_if_deselected(release: Release, node: str) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _module_applies(release: Release) -> None:
+def _module_applies(release: Expected) -> None:
     _skip_if_deselected(release, "tests/test_server.py")
 
 
 @pytest.fixture(autouse=True)
-def _test_applies(request: pytest.FixtureRequest, release: Release) -> None:
+def _test_applies(request: pytest.FixtureRequest, release: Expected) -> None:
     _skip_if_deselected(release, f"tests/test_server.py::{request.node.originalname}")
 
 
@@ -301,7 +301,7 @@ class Trigger:
     patched_extra: dict[str, Any] | None = None
 
 
-def _trigger(api: Api, release: Release) -> Trigger:
+def _trigger(api: Api, release: Expected) -> Trigger:
     """What reaches generation through ``api`` on this release and breaks it.
 
     Read from the release table (the server binding decides which request
@@ -339,7 +339,7 @@ def _trigger(api: Api, release: Release) -> Trigger:
 
 @pytest.fixture(scope="module")
 def assets(
-    tmp_path_factory: pytest.TempPathFactory, release: Release
+    tmp_path_factory: pytest.TempPathFactory, release: Expected
 ) -> tuple[pathlib.Path, str]:
     """The checkpoint, and the image as a client sends it to this release.
 
@@ -456,7 +456,7 @@ def test_patched_server_answers_an_image_chat_completion(
 
 
 def test_patched_server_fails_with_the_real_error_and_recovers(
-    patched: tuple[Server, Api], assets: tuple[pathlib.Path, str], release: Release
+    patched: tuple[Server, Api], assets: tuple[pathlib.Path, str], release: Expected
 ) -> None:
     server, api = patched
     trigger = _trigger(api, release)
@@ -475,7 +475,7 @@ def test_patched_server_fails_with_the_real_error_and_recovers(
 
 
 def test_unpatched_server_shows_what_the_patch_fixes(
-    plain: Plain, assets: tuple[pathlib.Path, str], release: Release
+    plain: Plain, assets: tuple[pathlib.Path, str], release: Expected
 ) -> None:
     # The control: the same release, the same bad request, no mlx_vlm_safe.
     if plain.api is None:  # the patch is what makes it serve at all

@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
+from tools.matrix import Expected
 
 pytestmark = pytest.mark.model
 
@@ -92,7 +92,7 @@ def png(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 @contextlib.contextmanager
-def _serving(workdir: pathlib.Path, release: Release) -> Iterator[Service]:
+def _serving(workdir: pathlib.Path, release: Expected) -> Iterator[Service]:
     checkpoint = build_tiny_checkpoint(workdir / "checkpoint")
     port = _free_port()
     env = {
@@ -144,7 +144,7 @@ def _serving(workdir: pathlib.Path, release: Release) -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory, release: Release
+    tmp_path_factory: pytest.TempPathFactory, release: Expected
 ) -> Iterator[Service]:
     with _serving(tmp_path_factory.mktemp("service"), release) as running:
         yield running
@@ -164,7 +164,7 @@ def first(service: Service, png: bytes) -> str:
 
 
 def test_concurrent_uploads_all_get_the_full_answer(
-    service: Service, png: bytes, first: str, release: Release
+    service: Service, png: bytes, first: str, release: Expected
 ) -> None:
     """Twelve uploads at once, four to each endpoint: every one answered in full.
 
@@ -190,7 +190,7 @@ def _error(status: int, body: str) -> str:
 
 
 def test_string_temperature_is_a_clear_error(
-    service: Service, png: bytes, first: str, release: Release
+    service: Service, png: bytes, first: str, release: Expected
 ) -> None:
     reply = service.post("/sync", png, temperature="warm")
     if release.has("kwargs_dropped"):  # 0.1.7-0.1.9 never read it
@@ -227,7 +227,7 @@ def test_bad_upload_is_a_clear_error_and_the_next_request_succeeds(
 
 
 def test_ctrl_c_ends_the_service_with_status_0(
-    tmp_path: pathlib.Path, png: bytes, release: Release
+    tmp_path: pathlib.Path, png: bytes, release: Expected
 ) -> None:
     """A service that generated on its worker threads stops cleanly, twice over."""
     for _ in range(2):

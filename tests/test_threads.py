@@ -8,7 +8,7 @@ greedy answer the main thread gets alone. Then the exit: processes that
 generated on worker threads (joined, pooled, still alive at exit) must exit
 with their own status, several runs each, since the abort was intermittent.
 
-Which releases and mlx need the fix is data (``_releases.Release.stream`` and
+Which releases and mlx need the fix is data (``Release.stream`` and
 ``streams_bound``): the probe's verdict must match it, and the control test
 shows that without the patch a worker-thread call fails exactly where the
 table says it does.
@@ -31,8 +31,8 @@ import pytest
 
 import mlx_vlm_safe
 from mlx_vlm_safe._patch import _thread_exit
-from mlx_vlm_safe._releases import Release
 from mlx_vlm_safe.testing import tiny_prompt
+from tools.matrix import Expected
 
 from .conftest import Tiny, run_python
 
@@ -78,7 +78,7 @@ def alone(tiny: Tiny, mlx_vlm: Any) -> str:
     return answer
 
 
-def test_probe_verdict_is_the_tables(release: Release, bound: bool) -> None:
+def test_probe_verdict_is_the_tables(release: Expected, bound: bool) -> None:
     report = mlx_vlm_safe.report()
     verdict = release.thread_verdict(bound)
     assert report.probe("thread_stream") == verdict
@@ -174,7 +174,7 @@ def test_two_streams_advanced_in_turn_keep_their_own_text(
 
 
 def test_stream_hopping_threads(
-    tiny: Tiny, exports: Any, release: Release, alone: str
+    tiny: Tiny, exports: Any, release: Expected, alone: str
 ) -> None:
     """Each ``next()`` on a new thread, as Starlette streams a sync generator."""
     on_one = list(tiny.stream(exports.stream_generate, max_tokens=TOKENS))
@@ -205,7 +205,7 @@ def test_errors_from_a_worker_thread_are_real(tiny: Tiny, mlx_vlm: Any) -> None:
 
 
 def test_unpatched_worker_thread_fails_where_the_table_says(
-    tiny: Tiny, mlx_vlm: Any, release: Release, bound: bool, unpatched: None
+    tiny: Tiny, mlx_vlm: Any, release: Expected, bound: bool, unpatched: None
 ) -> None:
     """The control: the release as it ships, called from a worker thread."""
 
@@ -331,7 +331,7 @@ HOWS = ("joined", "pool_alive_at_exit", "daemon_alive_at_exit", "to_thread")
 
 
 def _exit_statuses(
-    hows: tuple[str, ...], runs: int, release: Release, tmp: Any
+    hows: tuple[str, ...], runs: int, release: Expected, tmp: Any
 ) -> None:
     """Run the program ``runs`` times: exit status 7, as it says, never 134."""
     code = textwrap.dedent(_EXIT_PROGRAM).format(
@@ -350,7 +350,7 @@ def _exit_statuses(
 
 
 def test_process_exits_with_its_own_status_after_worker_generations(
-    tmp_path: pathlib.Path, release: Release
+    tmp_path: pathlib.Path, release: Expected
 ) -> None:
     """Every way of generating off the main thread, in one process, 3 runs.
 
@@ -365,7 +365,7 @@ def test_process_exits_with_its_own_status_after_worker_generations(
 @pytest.mark.subprocess
 @pytest.mark.parametrize("how", HOWS)
 def test_each_way_exits_cleanly_run_after_run(
-    how: str, tmp_path: pathlib.Path, release: Release
+    how: str, tmp_path: pathlib.Path, release: Expected
 ) -> None:
     """One way per process, 5 runs each, where the fresh-interpreter tests run."""
     _exit_statuses((how,), 5, release, tmp_path)

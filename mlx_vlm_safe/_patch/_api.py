@@ -15,7 +15,7 @@ import sys
 import threading
 from types import ModuleType
 
-from .. import _env, _hook, _startup
+from .. import _env, _hook, _releases, _startup
 from .._log import log
 from . import _mlx
 from ._locate import Located, locate
@@ -24,9 +24,6 @@ from ._plan import REASONS, Plan, make_plan
 from ._probes import examine
 from ._registry import Registry
 from ._report import Fix, Probe, Report, Status
-
-#: The newest mlx-vlm release this version of mlx_vlm_safe was tested with.
-KNOWN_NEWEST = "0.7.10"
 
 
 class PatchError(RuntimeError):
@@ -63,8 +60,10 @@ def _warn_once(message: str) -> None:
 def _is_newer_than_known(version: str | None) -> bool:
     from packaging.version import InvalidVersion, Version
 
+    newest = _releases.KNOWN_NEWEST
+
     try:
-        return version is not None and Version(version) > Version(KNOWN_NEWEST)
+        return version is not None and Version(version) > Version(newest)
     except InvalidVersion:
         return True
 
@@ -98,7 +97,8 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     elif located.kind == "unknown" or _is_newer_than_known(version):
         _warn_once(
             f"mlx-vlm {version} is newer than or unlike the releases "
-            f"mlx_vlm_safe knows (up to {KNOWN_NEWEST}, layout {located.kind}); "
+            f"mlx_vlm_safe knows (up to {_releases.KNOWN_NEWEST}, layout "
+            f"{located.kind}); "
             "applying the fixes its behaviour probes call for"
         )
     plan = make_plan(located, findings, _warn_once)
