@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 import wrapt
 
 from ._engine import Runner, call_runner
-from ._failures import DEFAULT_RUNTIME, Overrides, PolicyLike
+from ._failures import DEFAULT_RUNTIME
 from ._ladder import CallSpec
-from ._policy import RetryPolicy
+from ._policy import Overrides, PolicyLike, RetryPolicy
 from ._streams import stream_engine
 
 __all__ = ["retry"]

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 from ._context import STATE, CallState, interrupted
 from ._failures import (
     DEFAULT_RUNTIME,
-    PolicyLike,
     RetryLoop,
     Runtime,
     predicate_failed,
@@ -32,7 +31,7 @@ from ._failures import (
     tokens_read,
 )
 from ._ladder import CallSpec
-from ._policy import RetryPolicy
+from ._policy import PolicyLike, RetryPolicy
 
 __all__ = ["Runner", "call_runner", "call_with_retry"]
 

@@ -19,16 +19,23 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ._classify import Verdict, explain
 from ._context import CallState
-from ._events import NO_CHANGES, AttemptRecord, RetryDetails, log_event, notify
+from ._events import (
+    NO_CHANGES,
+    AttemptRecord,
+    RetryDetails,
+    log_event,
+    notify,
+    retry_log,
+)
 from ._ladder import CallSpec, apply_changes, ladder_changes
-from ._policy import RetryPolicy, get_policy, testing_override
+from ._policy import PolicyLike, RetryPolicy, resolve, testing_override
 
-__all__ = ["DEFAULT_RUNTIME", "Overrides", "PolicyLike", "RetryLoop", "Runtime"]
+__all__ = ["DEFAULT_RUNTIME", "RetryLoop", "Runtime"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,42 +48,6 @@ class Runtime:
 
 
 DEFAULT_RUNTIME = Runtime()
-
-
-class Overrides:
-    """Decorator-level policy changes, applied over the default at call time.
-
-    Applied late so that ``configure()`` still governs the fields a decorator
-    did not set; the merged policy is cached per default policy object.
-    """
-
-    def __init__(self, changes: Mapping[str, object]) -> None:
-        replace(RetryPolicy(), **changes)  # type: ignore[arg-type]  # fail at decoration
-        self.changes = dict(changes)
-        self._cache: tuple[RetryPolicy, RetryPolicy] | None = None
-
-    def over(self, base: RetryPolicy) -> RetryPolicy:
-        """Apply these changes to ``base`` (cached per base object)."""
-        cache = self._cache
-        if cache is not None and cache[0] is base:
-            return cache[1]
-        try:
-            merged = replace(base, **self.changes)  # type: ignore[arg-type]
-        except ValueError as exc:  # e.g. configure(wait_max=...) below our wait_base
-            logging.getLogger("mlx_vlm_safe").warning(
-                "retry overrides %r do not fit the default policy (%s); "
-                "applying them over the built-in defaults",
-                self.changes,
-                exc,
-            )
-            merged = replace(RetryPolicy(), **self.changes)  # type: ignore[arg-type]
-        self._cache = (base, merged)
-        return merged
-
-
-#: What the engine accepts as a policy: explicit, decorator overrides, or the
-#: process-wide default (``None``, read at failure time).
-PolicyLike = RetryPolicy | Overrides | None
 
 
 def tokens_of(spec: CallSpec) -> int | None:
@@ -104,22 +75,13 @@ def is_empty(predicate: Callable[[Any], bool] | None, result: object) -> bool:
 
 def predicate_failed() -> bool:
     """Log the emptiness predicate's exception being handled; read "not empty"."""
-    logging.getLogger("mlx_vlm_safe.retry").warning(
-        "is_empty predicate raised; result kept", exc_info=True
-    )
+    retry_log.warning("is_empty predicate raised; result kept", exc_info=True)
     return False
-
-
-def resolve(policy: RetryPolicy | Overrides | None) -> RetryPolicy:
-    """Return the policy in force: explicit, or the default with any overrides."""
-    if policy is None:
-        return get_policy()
-    return policy.over(get_policy()) if isinstance(policy, Overrides) else policy
 
 
 def settled_at_once(
     exc: Exception,
-    policy: RetryPolicy | Overrides | None,
+    policy: PolicyLike,
     state: CallState,
     clock: Callable[[], float],
 ) -> bool:
@@ -182,7 +144,7 @@ class RetryLoop:
         *,
         spec: CallSpec,
         empty: Callable[[Any], bool] | None,
-        policy: RetryPolicy | Overrides | None,
+        policy: PolicyLike,
         state: CallState,
         rt: Runtime,
         stream: bool = False,

@@ -190,6 +190,49 @@ def reset_config() -> None:
         _config.policy = None
 
 
+class Overrides:
+    """Decorator-level policy changes, applied over the default at call time.
+
+    Applied late so that ``configure()`` still governs the fields a decorator
+    did not set; the merged policy is cached per default policy object.
+    """
+
+    def __init__(self, changes: Mapping[str, object]) -> None:
+        replace(RetryPolicy(), **changes)  # type: ignore[arg-type]  # fail at decoration
+        self.changes = dict(changes)
+        self._cache: tuple[RetryPolicy, RetryPolicy] | None = None
+
+    def over(self, base: RetryPolicy) -> RetryPolicy:
+        """Apply these changes to ``base`` (cached per base object)."""
+        cache = self._cache
+        if cache is not None and cache[0] is base:
+            return cache[1]
+        try:
+            merged = replace(base, **self.changes)  # type: ignore[arg-type]
+        except ValueError as exc:  # e.g. configure(wait_max=...) below our wait_base
+            log.warning(
+                "retry overrides %r do not fit the default policy (%s); "
+                "applying them over the built-in defaults",
+                self.changes,
+                exc,
+            )
+            merged = replace(RetryPolicy(), **self.changes)  # type: ignore[arg-type]
+        self._cache = (base, merged)
+        return merged
+
+
+#: What the engine accepts as a policy: explicit, decorator overrides, or the
+#: process-wide default (``None``, read at failure time).
+PolicyLike = RetryPolicy | Overrides | None
+
+
+def resolve(policy: RetryPolicy | Overrides | None) -> RetryPolicy:
+    """Return the policy in force: explicit, or the default with any overrides."""
+    if policy is None:
+        return get_policy()
+    return policy.over(get_policy()) if isinstance(policy, Overrides) else policy
+
+
 class _TestingRestore:
     """Returned by ``set_testing``; as a context manager it restores the old mode."""
 

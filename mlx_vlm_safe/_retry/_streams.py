@@ -13,14 +13,13 @@ from typing import Any, TypeVar
 from ._context import STATE, CallState, interrupted, new_state, records_of
 from ._failures import (
     DEFAULT_RUNTIME,
-    PolicyLike,
     RetryLoop,
     Runtime,
     settled_at_once,
     tokens_of,
 )
 from ._ladder import CallSpec
-from ._policy import RetryPolicy
+from ._policy import PolicyLike, RetryPolicy
 
 __all__ = ["stream_engine", "stream_with_retry"]
 
@@ -58,7 +57,7 @@ def stream_engine(
     policy: PolicyLike,
     rt: Runtime,
 ) -> Iterator[Any]:
-    """Run the stream under the retry policy (``PolicyLike``: see ``_failures``).
+    """Run the stream under the retry policy (``PolicyLike``: see ``_policy``).
 
     Shared by ``stream_with_retry`` and generator functions under ``@retry``.
     Nested inside another loop's attempt, or with retries disabled, it just
