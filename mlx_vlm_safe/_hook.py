@@ -1,13 +1,12 @@
 """A post-import hook for ``mlx_vlm`` and its submodules.
 
-Strictly private. Why not wrapt's ``register_post_import_hook``? Importing
-wrapt costs 60-95 ms in a cold interpreter (it pulls in ``asyncio`` and
-``importlib.metadata``), and ``import mlx_vlm_safe`` must stay in the low
-milliseconds and import nothing heavy until mlx-vlm itself is imported. This
-finder is the small part of wrapt's importer that we need: it sits first on
-``sys.meta_path``, lets the real finders locate ``mlx_vlm*`` modules, and runs
-a callback right after each one has executed. It is duck-typed (no
-``importlib.abc``) for the same reason: that import alone costs milliseconds.
+Strictly private. Why not wrapt's ``register_post_import_hook``? wrapt is
+slow to import (it pulls in ``asyncio`` and ``importlib.metadata``), and
+``import mlx_vlm_safe`` must stay in the low milliseconds and import nothing
+heavy until mlx-vlm itself is imported. This finder is the small part of
+wrapt's importer that we need: it sits first on ``sys.meta_path``, lets the
+real finders locate ``mlx_vlm*`` modules, and runs a callback right after each
+one has executed. It is duck-typed (no ``importlib.abc``) for the same reason.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import _thread
 import sys
 
-# Not ``typing.TYPE_CHECKING``: importing ``typing`` alone costs ~6 ms here.
+# Not ``typing.TYPE_CHECKING``: importing ``typing`` costs more than this module.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

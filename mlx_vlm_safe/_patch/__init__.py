@@ -22,7 +22,7 @@ from ._locate import locate
 from ._memory import snapshot as memory_snapshot
 from ._mlx import device
 from ._plan import FIXES
-from ._probes import examine
+from ._plan import examine_release as examine
 from ._report import Fix, Probe, Report
 from ._results import Outcome, last_outcome, text_of
 from ._thread_exit import arm_thread_exit

@@ -16,7 +16,7 @@ from ._fixes._generation import NEVER_EMPTY_STREAM, NONE_SAFE_GENERATE, OBSERVED
 from ._fixes._thread_stream import THREAD_LOCAL_STREAM
 from ._fixes._wired_limit import GENERATE_OFF_METAL, PROPAGATE_ERRORS
 from ._locate import Located
-from ._probes import Findings
+from ._probes import Findings, examine
 from ._registry import Replacement
 from ._retry_wiring import runners
 
@@ -30,6 +30,15 @@ FIXES: tuple[FixSpec, ...] = (
     PRIVATE_DETOKENIZER,
 )
 REASONS = {spec.name: spec.reason for spec in FIXES}
+#: The fixes' own probes, each once, in the order of FIXES.
+FIX_PROBES = tuple(
+    dict.fromkeys(spec.probe for spec in FIXES if spec.probe is not None)
+)
+
+
+def examine_release(located: Located) -> Findings:
+    """Every probe's verdict on the located objects (``report()``'s order)."""
+    return examine(located, FIX_PROBES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,8 +4,8 @@ Strictly private. Version numbers lie (forks reuse the ``mlx_vlm`` import name,
 co-installs overwrite files under another distribution's metadata) and the
 defects depend on the device as well as the release. So every probe runs the
 real objects on harmless inputs; :func:`examine` runs them all, in the order
-``report()`` lists them. The fixes' own probes live with their fix
-(``_fixes``); the two here decide the wrappers' shape:
+``report()`` lists them: first the fixes' own probes (each lives with its
+fix, in ``_fixes``), then the two here, which decide the wrappers' shape:
 
 * ``empty_stream``: does ``generate`` survive a stream that yields nothing?
 * ``result_shape``: what does it return for a one-item stream?
@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from .._log import describe
 from ._behaviour import Behaviour
-from ._fixes._detokenizer import probe_detokenizer
-from ._fixes._thread_stream import probe_thread_stream
-from ._fixes._wired_limit import probe_wired_limit
 from ._locate import Located
 from ._report import Probe
 from ._results import build_result
@@ -48,12 +45,11 @@ class Findings:
         return {p.name: p.outcome for p in self.probes}
 
 
-def examine(located: Located) -> Findings:
-    """Run every probe on the located objects; derive the wrappers' behaviour."""
-    probes = [
-        probe_wired_limit(located.wired_limit),
-        probe_thread_stream(located.generation_stream),
-    ]
+def examine(
+    located: Located, fix_probes: Sequence[Callable[[Located], Probe]]
+) -> Findings:
+    """Run the fixes' probes, then the generate path's; derive the behaviour."""
+    probes = [run(located) for run in fix_probes]
     empty = Probe(EMPTY_STREAM, "inconclusive", "no generate")
     shape, stats = "str", None
     if located.generate is not None:
@@ -76,8 +72,6 @@ def examine(located: Located) -> Findings:
                 detail=f"{why}assumed {shape!r} from the {located.kind} layout",
             )
         probes += [empty, shape_probe]
-    detokenizer = probe_detokenizer(located.stream_generate)
-    probes.append(detokenizer)
     empty_item = (
         build_result(located.result_class, text="")
         if located.result_class is not None
@@ -90,7 +84,9 @@ def examine(located: Located) -> Findings:
         stats=stats,
         empty_item=empty_item,
         default_max_tokens=located.defaults.get("max_tokens"),
-        shared_detokenizer=detokenizer.outcome == "shared",
+        shared_detokenizer=any(
+            p.name == "detokenizer" and p.outcome == "shared" for p in probes
+        ),
     )
     return Findings(tuple(probes), behaviour)
 

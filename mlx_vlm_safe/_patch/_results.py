@@ -44,10 +44,12 @@ INCOMPLETE: Any = object()
 #: How a patched stream ended, as raw facts: ``(tokens, empty, finish_reason,
 #: max_tokens)``. ``finish_reason`` is the last item's own (0.6+), ``None``, or
 #: :data:`INCOMPLETE`; ``empty`` says it generated nothing and raised nothing.
-#: A plain tuple, because it is made on every call and an :class:`Outcome`
-#: (a frozen dataclass) costs more to build than all the rest of the
-#: bookkeeping; ``last_outcome()`` builds one from it when asked.
+#: A plain tuple, because it is made on every call and a named record costs
+#: several times more to build; readers use the field positions below, and
+#: ``last_outcome()`` builds an :class:`Outcome` from it when asked.
 StreamEnd: TypeAlias = tuple[int, bool, object, object]
+#: Positions of :data:`StreamEnd`'s fields.
+TOKENS, EMPTY, REASON, MAX_TOKENS = range(4)
 
 
 def last_outcome() -> Outcome | None:

@@ -17,6 +17,7 @@ from typing import Any
 from .._retry import STATE, CallSpec, call_runner, stream_with_retry
 from ._behaviour import Behaviour
 from ._locate import LADDER_KEYWORDS, Located
+from ._results import EMPTY, TOKENS
 
 _call_state = STATE.get
 CallRunner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
@@ -33,14 +34,14 @@ def _empty_generation(result: object) -> bool:
         return True
     state = _call_state()
     end = state.end
-    return end is not None and end is not state.inherited and end[1]
+    return end is not None and end is not state.inherited and end[EMPTY]
 
 
 def _tokens() -> int:
     """Tokens the stream of this call produced (0 if none ended in it)."""
     state = _call_state()
     end = state.end
-    return 0 if end is None or end is state.inherited else end[0]
+    return 0 if end is None or end is state.inherited else end[TOKENS]
 
 
 def _positions(function: Callable[..., Any] | None) -> dict[str, int]:

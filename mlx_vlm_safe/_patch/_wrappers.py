@@ -24,6 +24,7 @@ from ._locate import mark
 from ._memory._guard import guard_stream
 from ._results import (
     INCOMPLETE,
+    REASON,
     ZERO_TOKENS_END,
     ran_out,
     text_end,
@@ -209,7 +210,7 @@ def wrap_generate(
         if result is None:
             result = behaviour.empty()
         end = _call_state().end
-        if end is None or end is end_before or end[2] is INCOMPLETE:
+        if end is None or end is end_before or end[REASON] is INCOMPLETE:
             # No stream told us how it ended (0.1.0-0.1.6 drive generate_step
             # themselves; or upstream closed it early and returned anyway):
             # judge by the text.

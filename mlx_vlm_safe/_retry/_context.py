@@ -28,12 +28,12 @@ class CallState:
     that path stores only its clock readings, leaves ``records`` and ``tokens``
     unset, and the records are built on demand by ``last_attempts()``.
 
-    ``end`` is how the last generation stream in this context ended (see
-    ``_results.StreamEnd``): a stream writes it here, on the call's own
-    object, instead of setting a variable of its own. A new state starts from
-    the previous one's, so a call that runs no stream does not erase it;
-    ``inherited`` keeps that starting value, so "a stream ended during this
-    call" is ``end is not inherited``.
+    ``end`` is how the last stream in this context ended, a value the engine
+    carries but never reads (the patch's ``StreamEnd``): a stream writes it
+    on the call's own object instead of setting a variable of its own. A new
+    state starts from the previous one's, so a call that runs no stream does
+    not erase it; ``inherited`` keeps that starting value, so "a stream ended
+    during this call" is ``end is not inherited``.
     """
 
     __slots__ = ("active", "end", "ended", "inherited", "records", "started", "tokens")

@@ -45,9 +45,11 @@ def retry(
     ``policy_overrides`` are ``RetryPolicy`` fields, checked now. Without
     ``policy`` they apply over the process-wide default at call time, so
     ``configure()`` still governs the other fields. Works on functions, methods
-    and generator functions (which get ``stream_with_retry`` semantics). Plain
-    functions have no generic notion of "empty": use ``call_with_retry`` with
-    ``CallSpec(is_empty=...)`` for that.
+    and generator functions; a generator is retried only until its first item
+    (after that an error propagates, so nothing is yielded twice), and one
+    that ends without an item counts as empty. A plain function has no generic
+    notion of "empty": raise an exception of your own and list it in
+    ``retry_on`` to retry a result you judge empty.
     """
     chosen: PolicyLike = policy
     if policy_overrides and policy is not None:

@@ -73,7 +73,7 @@ def call_runner(
     ``run(fn, args, kwargs)`` is the happy path every retry-managed call pays:
     one ``ContextVar`` read and set, two clock reads, the call, and the spec's
     emptiness and progress readers, with every name bound in the closure and
-    no helper frames. Everything else is in ``_loop``, built only after a
+    no helper frames. Everything else is in ``_failures``, built only after a
     failure. ``@retry`` and the patched ``generate()`` both run on it.
     """
     rt = DEFAULT_RUNTIME if runtime is None else runtime

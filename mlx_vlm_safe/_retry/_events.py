@@ -1,6 +1,6 @@
 """What the retry engine tells the outside world: records, hooks and logs.
 
-Kept apart from the engine so the loop in ``_retry`` reads as a loop. Nothing
+Kept apart from the engine so the loop in ``_failures`` reads as a loop. Nothing
 here ever sees call arguments other than the laddered keywords, so prompts and
 images cannot leak into logs, notes or metrics.
 """

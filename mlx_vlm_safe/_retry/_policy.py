@@ -55,7 +55,8 @@ class RetryPolicy:
     memory pressure do not come back at the same instant). No attempt starts,
     and no wait is taken, past ``deadline`` seconds after the first attempt
     began. ``retry_on`` adds exception types or predicates to the built-in
-    table (see ``_classify``); ``retry_empty`` retries an empty result.
+    table of retryable failures (memory errors; bad arguments never are);
+    ``retry_empty`` retries an empty result.
     """
 
     attempts: int = 3

@@ -2,10 +2,11 @@
 
 Strictly private. Each fix module defines its probe (where the fix has one of
 its own) and a :class:`FixSpec`; ``_patch._plan.FIXES`` lists them in the
-order they are applied and reported. Adding a fix is one module here plus one
-entry in that list; ``report()``, ``doctor`` and the README table read the
-name and reason from the spec. This ``__init__`` imports no fix module, so a
-fix module may import the wrappers without an import cycle.
+order they are applied and reported, and their probes run in that order.
+Adding a fix is one module here plus one entry in that list: ``report()``,
+``doctor`` and the README table read the name and reason from the spec.
+This ``__init__`` imports no fix module, so a fix module may import the
+wrappers without an import cycle.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._report import Probe
+
 #: Build a replacement for ``original``; ``None`` when it cannot be built here
 #: (the builder has said why through ``Context.warn``).
 Builder = Callable[[Any, "Context"], object]
+#: A fix's own probe, run on the located objects (``_locate.Located``).
+ProbeRunner = Callable[[Any], Probe]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +39,10 @@ class Context:
 class FixSpec:
     """One fix: when it applies, what it replaces, how, and why.
 
-    ``when`` maps probe names to the verdicts that call for the fix (all must
-    hold; empty means always). ``replaces`` names the ``Located`` field whose
+    ``probe`` is the fix's own probe, if it has one (the generate path's
+    ``empty_stream`` and ``result_shape`` run for every release). ``when``
+    maps probe names to the verdicts that call for the fix (all must hold;
+    empty means always). ``replaces`` names the ``Located`` field whose
     object is replaced; a fix that ``rides_on`` another has no replacement of
     its own: the host's replacement carries it. ``root_cause`` fixes are the
     ones ``doctor`` counts as "this release is affected here".
@@ -46,6 +53,7 @@ class FixSpec:
     replaces: str = ""
     when: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     build: Builder | None = None
+    probe: ProbeRunner | None = None
     rides_on: str = ""
     root_cause: bool = False
 

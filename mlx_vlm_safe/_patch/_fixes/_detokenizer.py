@@ -15,6 +15,7 @@ import copy
 import threading
 import types
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from .._report import Probe
 from . import FixSpec
@@ -47,6 +48,11 @@ def probe_detokenizer(stream_generate: Callable[..., object] | None) -> Probe:
     if "detokenizer" in names:
         return Probe(NAME, "shared", "stream_generate uses processor.detokenizer")
     return Probe(NAME, "absent", "stream_generate uses no detokenizer")
+
+
+def probe(located: Any) -> Probe:
+    """The probe on the release's ``stream_generate``."""
+    return probe_detokenizer(located.stream_generate)
 
 
 def _with_private_detokenizer(
@@ -116,5 +122,6 @@ PRIVATE_DETOKENIZER = FixSpec(
     "calls mixed each other's text; a call that overlaps another now gets its "
     "own copy",
     when={NAME: frozenset({"shared"})},
+    probe=probe,
     rides_on="stream_generate",  # applied inside the stream wrapper (isolating)
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 from ..._log import describe
 from .. import _mlx
@@ -81,6 +82,11 @@ def probe_thread_stream(stream: object | None) -> Probe:
     return Probe(NAME, "bound_to_importing_thread", detail)
 
 
+def probe(located: Any) -> Probe:
+    """The probe on the release's generation stream, if it has one."""
+    return probe_thread_stream(located.generation_stream)
+
+
 def can_make_thread_local() -> bool:
     """Whether the loaded mlx can make a per-thread stream (0.31.2+)."""
     return callable(getattr(_mlx.core(), "new_thread_local_stream", 0))
@@ -108,5 +114,6 @@ THREAD_LOCAL_STREAM = FixSpec(
     replaces="generation_stream",
     when={NAME: frozenset({"bound_to_importing_thread"})},
     build=thread_local_twin,
+    probe=probe,
     root_cause=True,
 )

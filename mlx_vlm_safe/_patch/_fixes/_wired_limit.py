@@ -41,6 +41,11 @@ def probe_wired_limit(wired_limit: Callable[..., Any] | None) -> Probe:
     return Probe(NAME, "swallows", "an exception raised inside vanished")
 
 
+def probe(located: Any) -> Probe:
+    """The probe on the release's ``wired_limit`` (``Located.wired_limit``)."""
+    return probe_wired_limit(located.wired_limit)
+
+
 def safe_wired_limit(original: Callable[..., Any], _: Context) -> Callable[..., Any]:
     """A ``wired_limit`` that lets every exception through.
 
@@ -67,6 +72,7 @@ PROPAGATE_ERRORS = FixSpec(
     replaces="wired_limit",
     when={NAME: frozenset({"swallows"})},
     build=safe_wired_limit,
+    probe=probe,
     root_cause=True,
 )
 GENERATE_OFF_METAL = FixSpec(
@@ -75,5 +81,6 @@ GENERATE_OFF_METAL = FixSpec(
     replaces="wired_limit",
     when={NAME: frozenset({"fails_on_entry"})},
     build=safe_wired_limit,
+    probe=probe,
     root_cause=True,
 )

@@ -181,7 +181,7 @@ class Budget:
 
 
 def _read(path: str, size: int) -> bytes:
-    """The first ``size`` bytes of a small file (os-level: ~3x cheaper)."""
+    """The first ``size`` bytes of a small file (``os.read``: cheaper than ``open``)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         return os.read(fd, size)

@@ -4,7 +4,7 @@ Strictly private. The estimate is built to be a *lower bound* of the real peak
 growth (``tests/test_memory.py`` measures it: at most 64 KiB over it on any
 release tested, well inside the budget's margin), so that the guard never refuses
 work that would fit because of a guess; what it leaves out is caught between
-tokens by the in-flight check (``_memguard``).
+tokens by the in-flight check (``_guard``).
 
     positions  = prompt tokens + max_tokens         (capped at max_kv_size)
     capacity   = ceil(positions / STEP) * STEP      (KVCache grows by STEP=256)
