@@ -207,3 +207,14 @@ def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
         "    importlib.import_module(name)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_start_up_hook_spells_booleans_as_the_package_does() -> None:
+    """The one copy that cannot import ``_env`` (see its docstring) agrees with it."""
+    import importlib
+
+    from mlx_vlm_safe import _env
+
+    boot = importlib.import_module("mlx_vlm_safe._bootstrap._mlx_vlm_safe_autopatch")
+    assert (boot.TRUE, boot.FALSE) == (_env._TRUE, _env._FALSE)
+    assert boot.VARIABLE == _env.AUTOPATCH

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from .. import _patch
-from .._patch import last_outcome
+from .._patch import last_outcome, text_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +74,16 @@ def _scenarios(max_tokens: int) -> list[Scenario]:
 
 
 def _summary(result: object) -> str:
+    """The result's shape, token count (where it carries one) and text start."""
+    text = str(text_of(result))[:12]
     if isinstance(result, tuple):
-        text, stats = result
+        stats = result[1] if len(result) > 1 else None
         tokens = stats.get("output_tokens") if isinstance(stats, dict) else "?"
-        return f"tuple, {tokens} tokens, text {str(text)[:12]!r}"
+        return f"tuple, {tokens} tokens, text {text!r}"
     if isinstance(result, str):
-        return f"str, text {result[:12]!r}"
+        return f"str, text {text!r}"
     tokens = getattr(result, "generation_tokens", "?")
-    text = getattr(result, "text", "")
-    return f"{type(result).__name__}, {tokens} tokens, text {str(text)[:12]!r}"
+    return f"{type(result).__name__}, {tokens} tokens, text {text!r}"
 
 
 def _outcome(call: Callable[[], object], patched: bool) -> str:

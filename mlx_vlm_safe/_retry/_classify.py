@@ -28,12 +28,12 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ._policy import RetryPolicy
 
-__all__ = ["DEFECTS", "TABLE", "Rule", "Verdict", "explain"]
+__all__ = ["DEFECTS", "TABLE", "Explanation", "Rule", "Verdict", "explain"]
 
 _log = logging.getLogger("mlx_vlm_safe")
 
@@ -43,6 +43,13 @@ class Verdict(enum.Enum):
 
     RETRY = "retry"
     NEVER = "never"
+
+
+class Explanation(NamedTuple):
+    """A verdict and the reason for it, as logs and exception notes show it."""
+
+    verdict: Verdict
+    why: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +122,17 @@ _USER = "listed in RetryPolicy.retry_on"
 # type -> (verdict, why) for types whose verdict does not depend on the message
 # under the built-in rows. It keeps the bad-argument path (a ValueError on the
 # first attempt) to one dict lookup. Bounded: exception types are few.
-_by_type: dict[type[BaseException], tuple[Verdict, str]] = {}
+_by_type: dict[type[BaseException], Explanation] = {}
 
 
-def explain(
-    exc: BaseException, policy: RetryPolicy | None = None
-) -> tuple[Verdict, str]:
+def explain(exc: BaseException, policy: RetryPolicy | None = None) -> Explanation:
     """Return the verdict for ``exc`` and the reason, for logs and notes.
 
     ``policy`` supplies the user's ``retry_on`` additions; ``None`` means the
     built-in table only.
     """
     if not isinstance(exc, Exception):
-        return NEVER, _NOT_EXCEPTION
+        return Explanation(NEVER, _NOT_EXCEPTION)
     user = policy.retry_on if policy is not None else ()
     if not user:
         cached = _by_type.get(type(exc))
@@ -136,16 +141,16 @@ def explain(
     text = _text(exc)
     for rule in DEFECTS:
         if rule.matches(exc, text):
-            return rule.verdict, rule.why
+            return Explanation(rule.verdict, rule.why)
     for entry in user:
         if _user_match(entry, exc):
-            return RETRY, _USER
+            return Explanation(RETRY, _USER)
     for rule in TABLE:
         if rule.matches(exc, text):
-            found = (rule.verdict, rule.why)
+            found = Explanation(rule.verdict, rule.why)
             break
     else:
-        found = (NEVER, _UNKNOWN)
+        found = Explanation(NEVER, _UNKNOWN)
     if _message_free(exc) and len(_by_type) < 256:
         _by_type[type(exc)] = found
     return found

@@ -92,7 +92,7 @@ def settled_at_once(
     caller re-raises it with a bare ``raise`` so the traceback is the one
     without the wrapper plus one frame. Returns False if it may be retried.
     """
-    if explain(exc, resolve(policy))[0] is Verdict.RETRY:
+    if explain(exc, resolve(policy)).verdict is Verdict.RETRY:
         return False
     duration = clock() - state.started
     record = (1, NO_CHANGES, type(exc).__name__, duration, None, 0.0)
@@ -151,8 +151,8 @@ class RetryLoop:
     ) -> None:
         self.policy = resolve(policy)
         forced = testing_override()  # set_testing() beats every policy
-        self.limit = forced[0] if forced else self.policy.attempts
-        self.fixed_wait = forced[1] if forced else None
+        self.limit = forced.attempts if forced else self.policy.attempts
+        self.fixed_wait = forced.wait if forced else None
         self.attempt, self.args, self.kwargs = attempt, args, kwargs
         self.spec, self.empty, self.state, self.rt = spec, empty, state, rt
         self.stream = stream

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._log import log
 from . import _settings as V
@@ -134,13 +134,20 @@ def policy_from_env(
 # --- process-wide configuration ------------------------------------------------
 
 
+class Testing(NamedTuple):
+    """What ``set_testing(True)`` forces on every retry loop."""
+
+    attempts: int
+    wait: float
+
+
 class _Config:
     """The default policy and the testing override, guarded by ``lock``."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.policy: RetryPolicy | None = None  # None: read the environment
-        self.testing: tuple[int, float] | None = None
+        self.testing: Testing | None = None
 
 
 _config = _Config()
@@ -201,13 +208,13 @@ class Overrides:
     def __init__(self, changes: Mapping[str, object]) -> None:
         replace(RetryPolicy(), **changes)  # type: ignore[arg-type]  # fail at decoration
         self.changes = dict(changes)
-        self._cache: tuple[RetryPolicy, RetryPolicy] | None = None
+        self._base: RetryPolicy | None = None  # the last default merged over
+        self._merged: RetryPolicy | None = None
 
     def over(self, base: RetryPolicy) -> RetryPolicy:
         """Apply these changes to ``base`` (cached per base object)."""
-        cache = self._cache
-        if cache is not None and cache[0] is base:
-            return cache[1]
+        if self._base is base and self._merged is not None:
+            return self._merged
         try:
             merged = replace(base, **self.changes)  # type: ignore[arg-type]
         except ValueError as exc:  # e.g. configure(wait_max=...) below our wait_base
@@ -218,7 +225,7 @@ class Overrides:
                 exc,
             )
             merged = replace(RetryPolicy(), **self.changes)  # type: ignore[arg-type]
-        self._cache = (base, merged)
+        self._base, self._merged = base, merged
         return merged
 
 
@@ -237,7 +244,7 @@ def resolve(policy: RetryPolicy | Overrides | None) -> RetryPolicy:
 class _TestingRestore:
     """Returned by ``set_testing``; as a context manager it restores the old mode."""
 
-    def __init__(self, previous: tuple[int, float] | None) -> None:
+    def __init__(self, previous: Testing | None) -> None:
         self._previous = previous
 
     def __enter__(self) -> _TestingRestore:
@@ -267,7 +274,7 @@ def set_testing(
         raise ValueError(f"wait must be a finite number >= 0, got {wait!r}")
     with _config.lock:
         previous = _config.testing
-        _config.testing = (attempts, float(wait)) if testing else None
+        _config.testing = Testing(attempts, float(wait)) if testing else None
     return _TestingRestore(previous)
 
 
@@ -276,6 +283,6 @@ def is_testing() -> bool:
     return _config.testing is not None
 
 
-def testing_override() -> tuple[int, float] | None:
-    """The forced ``(attempts, wait)`` while testing, else ``None`` (engine use)."""
+def testing_override() -> Testing | None:
+    """What ``set_testing()`` forces, else ``None`` (engine use)."""
     return _config.testing

@@ -98,20 +98,21 @@ def isolating(
 ) -> Callable[..., Iterator[object]]:
     """``original`` where a call that overlaps another gets its own detokenizer."""
     lock = threading.Lock()
-    running = [0]  # generations in flight
+    running = 0  # generations in flight
 
     def stream(*args: object, **kwargs: object) -> Iterator[object]:
         # A generator: this runs at the first next(), when generation starts.
+        nonlocal running
         with lock:
-            overlapping = running[0] > 0
-            running[0] += 1
+            overlapping = running > 0
+            running += 1
         try:
             if overlapping:
                 args, kwargs = _with_private_detokenizer(args, kwargs)
             yield from original(*args, **kwargs)
         finally:
             with lock:
-                running[0] -= 1
+                running -= 1
 
     return stream
 

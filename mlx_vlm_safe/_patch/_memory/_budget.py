@@ -25,6 +25,7 @@ import resource
 import threading
 import time
 from collections.abc import Mapping
+from typing import NamedTuple
 
 __all__ = [
     "MEMORY_SETTINGS",
@@ -248,11 +249,18 @@ def _meminfo_available() -> int | None:
     return None
 
 
-def address_space() -> tuple[int, int] | None:
+class AddressSpace(NamedTuple):
+    """The virtual size and resident set of this process, in bytes."""
+
+    size: int
+    resident: int
+
+
+def address_space() -> AddressSpace | None:
     """``(size, resident)`` of this process in bytes (``/proc/self/statm``)."""
     try:
         fields = _read("/proc/self/statm", 128).split()
-        return int(fields[0]) * _PAGE, int(fields[1]) * _PAGE
+        return AddressSpace(int(fields[0]) * _PAGE, int(fields[1]) * _PAGE)
     except (OSError, ValueError, IndexError):
         return None
 
@@ -288,7 +296,7 @@ def system_room() -> dict[str, int]:
     if soft != resource.RLIM_INFINITY:
         space = address_space()
         if space is not None:
-            rooms["RLIMIT_AS"] = soft - space[0]
+            rooms["RLIMIT_AS"] = soft - space.size
     return rooms
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..._log import log
 from .. import _mlx
@@ -83,7 +83,7 @@ def _freed_cache() -> bool:
 
 def _resident() -> int:
     space = _budget.address_space()
-    return space[1] if space is not None else 0
+    return space.resident if space is not None else 0
 
 
 def _positions_of(original: Callable[..., Any]) -> dict[str, int]:
@@ -107,12 +107,26 @@ def _mib(value: int) -> str:
     return _budget.mib(value)
 
 
+class Preflight(NamedTuple):
+    """The budget a call was checked against, and its estimate if one was made."""
+
+    budget: _budget.Budget
+    estimate: _estimate.Estimate | None
+
+
+class Usage(NamedTuple):
+    """Memory in use: mlx's active memory and the process's resident size."""
+
+    mlx: int
+    resident: int
+
+
 def preflight(
     where: dict[str, int],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     max_tokens: object,
-) -> tuple[_budget.Budget, _estimate.Estimate | None] | None:
+) -> Preflight | None:
     """Check the call against the budget; raise ``MemoryError`` if it cannot fit."""
     budget = _budget.read_budget()
     if budget is None or budget.room is None:
@@ -131,7 +145,7 @@ def preflight(
     _notes["budget"] = f"{_budget.describe(budget)}"
     if isinstance(found, str):
         _notes["estimate"] = f"skipped ({found}); in-flight check only"
-        return budget, None
+        return Preflight(budget, None)
     _notes["estimate"] = (
         f"{arch.model_type}: {arch.kv_bytes_per_position} bytes of KV cache "
         "per position"
@@ -147,12 +161,12 @@ def preflight(
             f"is available ({budget.source}, after a {_mib(budget.margin)} margin); "
             "refused before allocating (mlx_vlm_safe memory guard)"
         )
-    return budget, found
+    return Preflight(budget, found)
 
 
 def _watch(
     stream: Iterator[Any],
-    start: tuple[int, int],
+    start: Usage,
     found: _estimate.Estimate | None,
     arch: _estimate.Architecture,
 ) -> Iterator[Any]:
@@ -171,8 +185,8 @@ def _watch(
             if items >= next_check:
                 next_check += CHECK_EVERY
                 # The resident size only feeds ``jump`` (no estimate).
-                now = (_mlx_memory(), _resident() if found is None else 0)
-                growth = max(now[0] - last[0], now[1] - last[1])
+                now = Usage(_mlx_memory(), _resident() if found is None else 0)
+                growth = max(now.mlx - last.mlx, now.resident - last.resident)
                 jump = max(jump, growth)
                 last = now
                 _check(
@@ -226,17 +240,17 @@ def _check(
     arch: _estimate.Architecture,
     items: int,
     jump: int,
-    now: tuple[int, int],
-    start: tuple[int, int],
+    now: Usage,
+    start: Usage,
 ) -> None:
     fresh = _budget.read_budget()
     if fresh is None or fresh.room is None:
         return
     need = _need(found, arch, items, jump, fresh.source == "memory_limit")
-    room = _room(fresh, now[0] - start[0])
+    room = _room(fresh, now.mlx - start.mlx)
     if need > room and _freed_cache():
         fresh = _budget.read_budget() or fresh
-        room = _room(fresh, now[0] - start[0])
+        room = _room(fresh, now.mlx - start.mlx)
     if need > room:
         raise MemoryError(
             f"generation stopped after {items} tokens: the next tokens need about "
@@ -263,9 +277,9 @@ def guard_stream(
             checked = None
         if checked is None:
             return original(*args, **kwargs)
-        start = (_mlx_memory(), _resident() if checked[1] is None else 0)
+        start = Usage(_mlx_memory(), _resident() if checked.estimate is None else 0)
         stream = original(*args, **kwargs)
         arch = _estimate.architecture(_argument("model", where, args, kwargs))
-        return _watch(stream, start, checked[1], arch)
+        return _watch(stream, start, checked.estimate, arch)
 
     return guarded
