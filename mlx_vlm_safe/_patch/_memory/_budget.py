@@ -27,17 +27,10 @@ import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
-__all__ = [
-    "MEMORY_SETTINGS",
-    "Budget",
-    "Settings",
-    "parse_size",
-    "read_budget",
-    "reset_memory",
-    "settings",
-    "updated",
-    "use",
-]
+__all__ = [  # noqa: RUF022 - grouped: settings, then the budget
+    "MEMORY_SETTINGS", "Settings", "parse_size", "reset_memory", "settings",
+    "updated", "use", "Budget", "read_budget",
+]  # fmt: skip
 
 LIMIT_VARIABLE = "MLX_VLM_SAFE_MEMORY_LIMIT"
 MARGIN_VARIABLE = "MLX_VLM_SAFE_MEMORY_MARGIN"
