@@ -1,7 +1,8 @@
 """What each known mlx-vlm release's generate path does off Metal, as data.
 
-Strictly private. The patch itself never reads this table: it decides by
-behaviour probes, so a release the table does not know is still handled.
+Strictly private. The patch decides by behaviour probes, never by this table
+(a release the table does not know is still handled); it reads only
+``KNOWN_NEWEST``, to warn about a newer release.
 ``doctor`` reads it to answer operators' questions about releases other than
 the installed one ("would pinning 0.3.4 help?", "is this release known?").
 
@@ -13,8 +14,6 @@ repository and not in the wheel.
 from __future__ import annotations
 
 import dataclasses
-
-from packaging.version import Version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +48,8 @@ class Release:
 
     def contains(self, version: str) -> bool:
         """Whether ``version`` falls in this range (inclusive)."""
+        from packaging.version import Version  # only once mlx-vlm is there
+
         return Version(self.first) <= Version(version) <= Version(self.last)
 
 
