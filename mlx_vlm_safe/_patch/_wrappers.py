@@ -150,7 +150,7 @@ def wrap_stream_generate(
     default_max_tokens = behaviour.default_max_tokens
     empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
     zero_item = ran_out(behaviour.empty_item)
-    run = guard_stream(original, default_max_tokens)  # memory guard (_memguard)
+    run = guard_stream(original, default_max_tokens)  # the memory guard (_memory)
     if behaviour.shared_detokenizer:  # outermost: it swaps the processor argument
         run = isolating(run)
 

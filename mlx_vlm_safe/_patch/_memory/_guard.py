@@ -264,8 +264,12 @@ def guard_stream(
 ) -> Callable[..., Iterator[Any]]:
     """``original`` with the pre-flight and in-flight checks around it."""
     where = _positions_of(original)
+    config = _budget.settings
 
     def guarded(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        if config().limit == "off":  # configured off: no frame more than this
+            _notes["budget"] = "off"
+            return original(*args, **kwargs)
         try:
             checked = preflight(
                 where, args, kwargs, kwargs.get("max_tokens", default_max_tokens)
