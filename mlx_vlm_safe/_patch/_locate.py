@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
-from ._fixes._thread_stream import find_stream
+from . import _mlx
 
 Kind = Literal["utils", "module", "package", "unknown"]
 
@@ -110,6 +110,22 @@ def locate(package: ModuleType) -> Located:
         defaults=defaults,
         generation_stream=find_stream(scope),
     )
+
+
+#: The module global mlx-vlm's generation code runs under (0.1.22+).
+STREAM_NAME = "generation_stream"
+
+
+def find_stream(scope: Mapping[str, object]) -> object | None:
+    """The release's generation stream, if ``scope`` holds one."""
+    mx = _mlx.core()
+    value = scope.get(STREAM_NAME)
+    kinds = tuple(
+        k
+        for k in (getattr(mx, "Stream", None), getattr(mx, "ThreadLocalStream", None))
+        if isinstance(k, type)
+    )
+    return value if kinds and isinstance(value, kinds) else None
 
 
 def _keywords(

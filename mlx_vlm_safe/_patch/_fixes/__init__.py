@@ -15,21 +15,23 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._behaviour import Behaviour
+from .._locate import Located
 from .._report import Probe
 
 #: Build a replacement for ``original``; ``None`` when it cannot be built here
 #: (the builder has said why through ``Context.warn``).
 Builder = Callable[[Any, "Context"], object]
 #: A fix's own probe, run on the located objects (``_locate.Located``).
-ProbeRunner = Callable[[Any], Probe]
+ProbeRunner = Callable[[Located], Probe]
 
 
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What a builder may use: the release's facts and the retry runners."""
 
-    located: Any  # _locate.Located
-    behaviour: Any  # _behaviour.Behaviour
+    located: Located
+    behaviour: Behaviour
     retry_call: Callable[..., Any] | None
     retry_stream: Callable[..., Any] | None
     warn: Callable[[str], None]

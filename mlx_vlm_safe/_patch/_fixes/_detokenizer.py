@@ -15,8 +15,8 @@ import copy
 import threading
 import types
 from collections.abc import Callable, Iterator
-from typing import Any
 
+from .._locate import Located
 from .._report import Probe
 from . import FixSpec
 
@@ -50,7 +50,7 @@ def probe_detokenizer(stream_generate: Callable[..., object] | None) -> Probe:
     return Probe(NAME, "absent", "stream_generate uses no detokenizer")
 
 
-def probe(located: Any) -> Probe:
+def probe(located: Located) -> Probe:
     """The probe on the release's ``stream_generate``."""
     return probe_detokenizer(located.stream_generate)
 

@@ -12,30 +12,15 @@ thread's own stream: the replacement installed where the probe calls for it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from typing import Any
 
 from ..._log import describe
 from .. import _mlx
+from .._locate import Located
 from .._report import Probe
 from .._thread_exit import release_thread_streams
 from . import Context, FixSpec
 
-#: The module global mlx-vlm's generation code runs under (0.1.22+).
-STREAM_NAME = "generation_stream"
 NAME = "thread_stream"
-
-
-def find_stream(scope: Mapping[str, object]) -> object | None:
-    """The release's generation stream, if ``scope`` holds one."""
-    mx = _mlx.core()
-    value = scope.get(STREAM_NAME)
-    kinds = tuple(
-        k
-        for k in (getattr(mx, "Stream", None), getattr(mx, "ThreadLocalStream", None))
-        if isinstance(k, type)
-    )
-    return value if kinds and isinstance(value, kinds) else None
 
 
 def _is_thread_local(stream: object) -> bool:
@@ -82,7 +67,7 @@ def probe_thread_stream(stream: object | None) -> Probe:
     return Probe(NAME, "bound_to_importing_thread", detail)
 
 
-def probe(located: Any) -> Probe:
+def probe(located: Located) -> Probe:
     """The probe on the release's generation stream, if it has one."""
     return probe_thread_stream(located.generation_stream)
 

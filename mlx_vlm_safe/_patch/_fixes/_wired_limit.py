@@ -16,7 +16,7 @@ from typing import Any
 
 from ..._log import describe
 from .. import _mlx
-from .._locate import mark
+from .._locate import Located, mark
 from .._report import Probe
 from . import Context, FixSpec
 
@@ -41,7 +41,7 @@ def probe_wired_limit(wired_limit: Callable[..., Any] | None) -> Probe:
     return Probe(NAME, "swallows", "an exception raised inside vanished")
 
 
-def probe(located: Any) -> Probe:
+def probe(located: Located) -> Probe:
     """The probe on the release's ``wired_limit`` (``Located.wired_limit``)."""
     return probe_wired_limit(located.wired_limit)
 
