@@ -21,7 +21,7 @@ import textwrap
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 PLUGIN = "_mlx_vlm_safe_pytest"
 SOURCE = REPO / "mlx_vlm_safe" / "_bootstrap" / f"{PLUGIN}.py"
 

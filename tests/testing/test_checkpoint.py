@@ -27,7 +27,7 @@ from mlx_vlm_safe.testing import (
 
 MARKER = _checkpoint._MARKER
 FILES = _checkpoint._FILES
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _digest(path: pathlib.Path) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Run one lifecycle program in this fresh interpreter; print what happened as JSON.
 
-Used by ``test_lifecycle_stateful.py``: import order is the point of those
+Used by ``tests/patch/test_lifecycle_stateful.py``: import order is the point of those
 programs, so each runs in its own interpreter, and this script imports
 neither ``mlx_vlm`` nor ``mlx_vlm_safe`` until a step says so. The invariant
 checks only duck-type our wrappers (the ``__mlx_vlm_safe__`` marker and

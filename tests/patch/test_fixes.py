@@ -23,7 +23,7 @@ import mlx_vlm_safe
 from mlx_vlm_safe.testing import empty_stream, plant_fault
 from tools.matrix import ENTRY_ERROR, Expected
 
-from .conftest import NONE_DEFECT, Tiny, counting_tokens
+from ..conftest import NONE_DEFECT, Tiny, counting_tokens
 
 pytestmark = pytest.mark.model
 

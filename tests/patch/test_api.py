@@ -16,7 +16,7 @@ import mlx_vlm_safe
 from mlx_vlm_safe._patch._locate import unwrap
 from tools.matrix import ENTRY_ERROR, Expected, Install
 
-from .conftest import Tiny, run_python
+from ..conftest import Tiny, run_python
 
 
 def _mlx_vlm_bindings() -> dict[tuple[str, str], int]:
@@ -125,7 +125,7 @@ def test_patch_and_calls_from_many_threads(
 
     The generation runs on the main thread, because a call from a worker that
     lands while unpatched meets the release's own stream, which may belong to
-    the importing thread (tests/test_threads.py covers worker threads). On a
+    the importing thread (tests/patch/test_threads.py covers worker threads). On a
     release that cannot generate off Metal unpatched (0.1.22-0.3.1), a call
     that lands between an unpatch() and a patch() fails on entry, exactly as
     the release does; every other call, and the one after the churn, succeeds.

@@ -1,6 +1,6 @@
 """A FastAPI vision service under uvicorn, as the seed app ran: end to end.
 
-``tests/apps/vision_app.py`` knows nothing of mlx_vlm_safe; it is started
+``tests/e2e/apps/vision_app.py`` knows nothing of mlx_vlm_safe; it is started
 unmodified through ``mlx-vlm-safe run -- python -m uvicorn ...`` on 127.0.0.1
 and a free port, with the tiny checkpoint, and a real HTTP client uploads
 images to it. Its endpoints call ``generate()`` where web services do: a sync
@@ -100,7 +100,7 @@ def _serving(workdir: pathlib.Path, release: Expected) -> Iterator[Service]:
         "VISION_APP_MODEL": str(checkpoint),
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(APPS.parents[1]), os.environ.get("PYTHONPATH")) if p
+            p for p in (str(APPS.parents[2]), os.environ.get("PYTHONPATH")) if p
         ),
     }
     if release.has("load_shim"):

@@ -34,7 +34,7 @@ from mlx_vlm_safe._releases import release_for
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 from tools.matrix import ENTRY_ERROR, Expected, Install, streams_bound
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 BOOT_DIR = REPO / "mlx_vlm_safe" / "_bootstrap"
 PTH = "mlx_vlm_safe_autopatch.pth"
 TIMEOUT = 300  # generous bound for an interpreter that imports mlx-vlm on 2 cores

@@ -1,6 +1,6 @@
 """Run generations in a process whose address space is capped at run time.
 
-Used by ``tests/test_memory_capped.py`` (one fresh interpreter per run):
+Used by ``tests/patch/test_memory_capped.py`` (one fresh interpreter per run):
 
     python _memory_runner.py CHECKPOINT ROOM_BYTES PLAN
 

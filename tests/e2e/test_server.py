@@ -64,7 +64,9 @@ from tools.matrix import ENTRY_ERROR, Expected, server_deselected
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.model, pytest.mark.server]
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
+#: This file's node id, as the release table names it (tools/matrix.py).
+NODE = "tests/e2e/test_server.py"
 NONE_DEFECT = "'NoneType' object has no attribute 'token'"
 START_TIMEOUT = 240.0  # import mlx-vlm + uvicorn (+ the reloader's child) on 2 cores
 REQUEST_TIMEOUT = 120.0  # a hang fails the test instead of blocking it
@@ -282,12 +284,12 @@ def _skip_if_deselected(release: Expected, node: str) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _module_applies(release: Expected) -> None:
-    _skip_if_deselected(release, "tests/test_server.py")
+    _skip_if_deselected(release, NODE)
 
 
 @pytest.fixture(autouse=True)
 def _test_applies(request: pytest.FixtureRequest, release: Expected) -> None:
-    _skip_if_deselected(release, f"tests/test_server.py::{request.node.originalname}")
+    _skip_if_deselected(release, f"{NODE}::{request.node.originalname}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import pytest
 
 import mlx_vlm_safe
 
-from .conftest import Tiny
+from ..conftest import Tiny
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from mlx_vlm_safe._patch import _thread_exit
 from mlx_vlm_safe.testing import tiny_prompt
 from tools.matrix import Expected
 
-from .conftest import Tiny, run_python
+from ..conftest import Tiny, run_python
 
 pytestmark = pytest.mark.model
 
@@ -338,7 +338,7 @@ def _exit_statuses(
         hows=hows,
         cache=str(tmp),
         load_shim=release.has("load_shim"),
-        tests=str(pathlib.Path(__file__).parent),
+        tests=str(pathlib.Path(__file__).parents[1]),
     )
     statuses = []
     for _ in range(runs):

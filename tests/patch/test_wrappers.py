@@ -4,7 +4,7 @@ Releases 0.1.0-0.1.6 drive ``generate_step`` themselves, so no patched stream
 ever tells the wrapper how the generation ended; they cannot be installed in
 CI (their ``generate`` takes its arguments in another order), so these stand-
 ins take their place. The streaming releases are covered by the real-model
-suite (tests/test_fixes.py).
+suite (tests/patch/test_fixes.py).
 """
 
 from __future__ import annotations

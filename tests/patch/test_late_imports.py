@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import run_python
+from ..conftest import run_python
 
 PROGRAM = """
 import sys

@@ -30,7 +30,7 @@ import pytest
 
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 
-from .conftest import WIDE
+from ..conftest import WIDE
 
 pytestmark = [
     pytest.mark.subprocess,
@@ -38,7 +38,7 @@ pytestmark = [
 ]
 
 HERE = pathlib.Path(__file__).resolve().parent
-REPO = HERE.parent
+REPO = HERE.parents[1]
 STEP_BYTES = 256 * 12 * 2 * 4 * 64 * 4  # 6 MiB
 #: One step (6 MiB) and the prefill fit, with the runner's 1 MiB margin; two
 #: steps (12 MiB) do not.

@@ -30,7 +30,7 @@ from mlx_vlm_safe._retry import Verdict, explain
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
 from tools.matrix import Expected
 
-from .conftest import WIDE, Tiny
+from ..conftest import WIDE, Tiny
 
 TOLERANCE = 2**20
 #: How far the estimate may exceed the measured peak: 0.6.0 peaked 22 KiB

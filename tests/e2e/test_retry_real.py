@@ -18,7 +18,7 @@ from mlx_vlm_safe._patch import locate
 from mlx_vlm_safe.testing import empty_stream, plant_fault
 from tools.matrix import Expected
 
-from .conftest import Tiny
+from ..conftest import Tiny
 
 pytestmark = pytest.mark.model
 

@@ -35,7 +35,7 @@ from tools.compat_table import (
 )
 from tools.matrix import EXPECTED, Expected, Install
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 FIX = "run `python tools/compat_table.py --write` and commit README.md"
 
 

@@ -1,13 +1,16 @@
 """A small vision service, written the way the seed app was: no mlx_vlm_safe.
 
 It is started unmodified through ``mlx-vlm-safe run -- python -m uvicorn``
-by ``tests/test_service.py``. The model loads at import, on the main thread;
+by ``tests/e2e/test_service.py``. The model loads at import, on the main thread;
 requests run where FastAPI runs them: the sync endpoint and the streaming
 body in Starlette's thread pool, the async endpoint through
 ``asyncio.to_thread``. Form values go to ``generate()`` as they arrive
 (``temperature`` stays a string unless it is a number), like many real apps.
 Errors come back as JSON with their type and message.
 """
+
+# FastAPI declares form fields as File()/Form() defaults.
+# ruff: noqa: B008
 
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from mlx_vlm_safe.testing import tiny_prompt
 
 if os.environ.get("VISION_APP_LOAD_SHIM"):  # 0.2.0: the suite's load() shim
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    here = os.path.abspath(__file__)  # tests/e2e/apps/vision_app.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(here))))
     from conftest import _audio_less_load
 
     with _audio_less_load():
