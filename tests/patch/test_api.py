@@ -110,6 +110,22 @@ def test_report_describes_the_installed_release(
         report.status = "unpatched"  # type: ignore[misc]
 
 
+def test_report_str_is_a_readable_multi_line_summary(release: Expected) -> None:
+    import mlx_vlm_safe
+
+    report = mlx_vlm_safe.report()
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0] == "mlx_vlm_safe report: patched (active)"
+    assert len(lines) > 5
+    assert all(len(line) < 200 for line in lines), text
+    for fix in report.fixes:
+        assert f"fix          {fix.name}: " in text
+    for probe in report.probes:
+        assert f"probe        {probe.name}: {probe.outcome}" in text
+    assert repr(report).startswith("Report(status='patched'")  # the dataclass
+
+
 @pytest.mark.parametrize("bad", ["yes", 1, None])
 def test_patch_rejects_a_bad_argument(bad: object) -> None:
     """patch(strict=...) takes a bool and says so, naming the value."""
