@@ -1,7 +1,7 @@
 """The command line's entry: bad usage, ``--version``, exit codes, the script.
 
 Each bad input prints its own usage and one error line and exits 2; no
-subcommand prints help; the console script and ``python -m`` agree.
+subcommand prints help; the installed console script runs the doctor.
 """
 
 from __future__ import annotations

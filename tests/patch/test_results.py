@@ -11,15 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_vlm_safe._patch._results import (
-    Outcome,
-    build_result,
-    empty_result,
-    last_outcome,
-    outcome_of,
-)
+from mlx_vlm_safe import Outcome, last_outcome, retries_disabled
+from mlx_vlm_safe._patch._results import build_result, empty_result, outcome_of
 from mlx_vlm_safe._patch._wrappers import _observed
-from mlx_vlm_safe._retry import CallSpec, call_runner, current_end, retries_disabled
+from mlx_vlm_safe._retry import CallSpec, call_runner, current_end
 
 
 @dataclasses.dataclass

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_vlm_safe._retry import RetryPolicy, Verdict, explain
+from mlx_vlm_safe import RetryPolicy
+from mlx_vlm_safe._retry import Verdict, explain
 from mlx_vlm_safe._retry._classify import DEFECTS, TABLE, Rule
 
 RETRY, NEVER = Verdict.RETRY, Verdict.NEVER

@@ -14,18 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlx_vlm_safe._retry import (
-    STATE,
+from mlx_vlm_safe import (
     RetryPolicy,
-    _policy,
-    configure,
     get_policy,
     is_testing,
     policy_from_env,
-    reset_config,
     retries_disabled,
     set_testing,
 )
+from mlx_vlm_safe._retry import STATE, _policy, configure, reset_config
 from mlx_vlm_safe._retry._policy import testing_override
 
 
