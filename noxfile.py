@@ -354,7 +354,7 @@ def tests(session: nox.Session, env_id: str) -> None:
         "sys.executable)",
     )
     # Everywhere else: every in-process test, and mlx-vlm's own server end to
-    # end (tests/test_server.py, marker "server") where the table says it applies.
+    # end (tests/e2e/test_server.py, marker "server") where the table says it applies.
     lean = (
         []
         if env_id in TABLE.FRESH_INTERPRETER_ENVS

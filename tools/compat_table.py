@@ -1,7 +1,7 @@
 """The README's compatibility table and server coverage line, generated.
 
 ``python tools/compat_table.py`` prints both; ``--write`` puts them into
-README.md between their markers; ``tests/test_readme.py`` checks that the
+README.md between their markers; ``tests/e2e/test_readme.py`` checks that the
 README holds what this makes. The data: the runtime table
 (``mlx_vlm_safe/_releases.py``) and what CI runs (``tools/matrix.py``).
 """
@@ -58,7 +58,7 @@ def _tested_cell(row: Expected) -> str:
             "are deselected"
             + (
                 "; so is the lifecycle state machine, whose runner assumes the "
-                "0.3+ API (test_patch.py covers the lifecycle there)"
+                "0.3+ API (tests/patch/test_api.py covers the lifecycle there)"
                 if row.layout == "utils"
                 else ""
             )
@@ -165,7 +165,7 @@ def server_line() -> str:
             partial.append(name)
             why = deselected[0][1]
     return (
-        "`tests/test_server.py` runs each release's own server end to end in CI, "
+        "`tests/e2e/test_server.py` runs each release's own server end to end in CI, "
         "with a real server and a real HTTP client, on mlx-vlm "
         + ", ".join(full)
         + " and the newest release. Only the request that succeeds runs on "

@@ -2,7 +2,7 @@
 
 ``python tools/readme_samples.py`` prints the samples; ``--write`` puts them
 into README.md between the ``<!-- sample: NAME -->`` markers;
-``tests/test_readme.py`` checks that the README holds what this makes.
+``tests/e2e/test_readme.py`` checks that the README holds what this makes.
 
 The samples are taken on mlx-vlm 0.3.5 (an affected release), with the
 machine's own facts generalized so that they do not depend on where and by

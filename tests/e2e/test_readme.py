@@ -1,0 +1,265 @@
+"""README.md: generated where it can be, and every Python example runs.
+
+* The compatibility table and the server coverage line are generated from
+  the release table (``python tools/compat_table.py --write``).
+* The demo and doctor samples are those commands' output
+  (``python tools/readme_samples.py --write``).
+* Every fenced ``python`` block runs in a fresh interpreter against the tiny
+  checkpoint. A block that is not a whole program says so on its first line,
+  visibly: ``# continues ...`` runs after the most recent whole program,
+  ``# test_xxx.py ...`` is written to that file and run with pytest. The test
+  counts each kind and fails on a block it cannot classify or run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata as md
+import importlib.util
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from tools.compat_table import (
+    markdown_table,
+    readme_section,
+    replace_readme_section,
+    replace_server_section,
+    server_section,
+)
+from tools.matrix import EXPECTED, Expected, Install
+
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+FIX = "run `python tools/compat_table.py --write` and commit README.md"
+
+
+def test_readme_compatibility_table_is_up_to_date() -> None:
+    """The table and the "Tested in CI" line are exactly what the table makes."""
+    text = README.read_text(encoding="utf-8")
+    assert readme_section() in text, f"README.md's table is out of date: {FIX}"
+    assert replace_readme_section(text) == text, FIX
+
+
+def test_every_range_has_a_row_that_says_what_ci_ran() -> None:
+    """One row per range; each says which releases CI ran, or plainly that none."""
+    rows = markdown_table().splitlines()[2:]
+    assert len(rows) == len(EXPECTED)
+    for row, release in zip(rows, EXPECTED, strict=True):
+        tested = row.rstrip(" |").rsplit(" | ", 1)[-1]
+        if release.tested:
+            assert all(v in tested for v in release.tested), row
+            assert "checkpoint" in tested, row
+        else:
+            assert tested.startswith("not tested in CI"), row
+
+
+# ------------------------------------------------ generated text, not pasted
+
+
+def test_readme_server_coverage_is_generated_from_the_table() -> None:
+    """What the README says CI runs of the server is what the noxfile runs."""
+    text = README.read_text(encoding="utf-8")
+    assert server_section() in text, f"README.md's server coverage is stale: {FIX}"
+    assert replace_server_section(text) == text, FIX
+
+
+def _samples_tool() -> Any:
+    path = README.parent / "tools" / "readme_samples.py"
+    spec = importlib.util.spec_from_file_location("_readme_samples", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: Sample lines that carry the version of a package the README does not pin
+#: for users (CI pins mlx and transformers, wrapt floats): compared in form.
+_FLOATING = re.compile(r"^  (mlx|transformers|wrapt) +\S")
+
+
+@pytest.mark.subprocess
+@pytest.mark.model
+def test_readme_samples_are_what_the_commands_print(
+    mlx_vlm: Any, install: Install
+) -> None:
+    """The demo and doctor samples are the commands' output, not a paste.
+
+    In full where they were taken (upstream mlx-vlm 0.3.5, installed); on
+    other releases the demo's calls and legend and doctor's sections match.
+    Regenerate with ``python tools/readme_samples.py --write``.
+    """
+    tool = _samples_tool()
+    in_readme = tool.samples_in(README.read_text(encoding="utf-8"))
+    assert set(in_readme) == set(tool.COMMANDS)
+    exact = (
+        mlx_vlm.__version__ == tool.RELEASE
+        and install.name == "upstream"
+        and importlib.util.find_spec("_mlx_vlm_safe_autopatch") is not None
+    )
+    for name in tool.COMMANDS:
+        made = tool.sample(name)
+        if exact:
+            mine = [ln for ln in made.splitlines() if not _FLOATING.match(ln)]
+            theirs = [
+                ln for ln in in_readme[name].splitlines() if not _FLOATING.match(ln)
+            ]
+            assert mine == theirs, (
+                f"README's {name} sample is stale: run `python "
+                f"tools/readme_samples.py --write`\n{made}"
+            )
+        else:  # the same shape: the first word of each unindented line
+            assert _heads(made) == _heads(in_readme[name]), made
+
+
+def _heads(text: str) -> list[str]:
+    """Row titles and section names: what does not depend on the release."""
+    return [re.split(r"[\s:,]", ln)[0] for ln in text.splitlines() if ln[:1].isalpha()]
+
+
+# ------------------------------------------------ every Python example runs
+
+_FENCE = re.compile(
+    r"^(?P<indent> *)```python *\n(?P<body>.*?)^(?P=indent)``` *$", re.M | re.S
+)
+#: First line of a block that is not a whole program: the block runs after
+#: the whole one it names (see ``examples``).
+CONTINUES = "# continues "
+#: First line of a block that is a pytest test file: written there and run.
+PYTEST_FILE = re.compile(r"^# (test_\w+\.py)\b")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One README python block, as the suite runs it."""
+
+    line: int
+    kind: str  # "program", "continuation" or "pytest"
+    code: str  # what runs (a continuation: its whole program first)
+    filename: str = ""
+
+
+_HEADING = re.compile(r"^#{2,4} (.+)$", re.M)
+_CONTINUES = re.compile(r"^# continues the (?:(?P<name>.+?) example\b|example above)")
+
+
+def examples(readme: str) -> list[Example]:
+    """Every fenced python block of ``readme``, classified; none left out.
+
+    ``# continues the example above`` runs after the most recent whole
+    program; ``# continues the NAME example`` after the most recent one under
+    a heading that contains NAME.
+    """
+    found: list[Example] = []
+    programs: list[tuple[str, str]] = []  # (heading, code)
+    for match in _FENCE.finditer(readme):
+        line = readme.count("\n", 0, match.start()) + 1
+        headings = _HEADING.findall(readme, 0, match.start())
+        heading = headings[-1] if headings else ""
+        code = textwrap.dedent(
+            "\n".join(ln[len(match["indent"]) :] for ln in match["body"].splitlines())
+        )
+        first = code.splitlines()[0] if code.strip() else ""
+        pytest_file = PYTEST_FILE.match(first)
+        continues = _CONTINUES.match(first)
+        if pytest_file:
+            found.append(Example(line, "pytest", code, pytest_file[1]))
+        elif first.startswith(CONTINUES):
+            assert continues, f"README line {line}: say which example: {first!r}"
+            name = continues["name"]
+            base = [c for h, c in programs if name is None or name in h]
+            assert base, f"README line {line}: no {name or 'earlier'} example"
+            found.append(Example(line, "continuation", base[-1] + "\n" + code))
+        else:
+            programs.append((heading, code))
+            found.append(Example(line, "program", code))
+    return found
+
+
+def run_example(
+    example: Example, workdir: pathlib.Path
+) -> subprocess.CompletedProcess[str]:
+    """Run one example in a fresh interpreter, against the tiny checkpoint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_VLM_SAFE_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(README.parent), env.get("PYTHONPATH")) if p
+    )
+    env["MLX_VLM_SAFE_CACHE"] = str(workdir / "cache")
+    if example.kind == "pytest":
+        (workdir / example.filename).write_text(example.code)
+        plugin = any(
+            ep.name == "mlx_vlm_safe" for ep in md.entry_points(group="pytest11")
+        )
+        args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", example.filename]
+        if not plugin:  # a PYTHONPATH checkout: load the plugin by its module
+            args[1:1] = ["-p", "_mlx_vlm_safe_pytest"]
+            env["PYTHONPATH"] += os.pathsep + str(
+                README.parent / "mlx_vlm_safe" / "_bootstrap"
+            )
+        argv = [sys.executable, *args]
+    else:
+        argv = [sys.executable, "-c", example.code]
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workdir,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_every_python_block_is_classified() -> None:
+    text = README.read_text(encoding="utf-8")
+    fences = len(re.findall(r"^ *```python *$", text, re.M))
+    found = examples(text)
+    assert len(found) == fences  # nothing is left out
+    kinds = [e.kind for e in found]
+    assert kinds.count("program") >= 2, kinds
+    assert {"program", "continuation", "pytest"} <= set(kinds), kinds
+
+
+@pytest.mark.subprocess
+@pytest.mark.model
+def test_every_readme_python_example_runs_as_written(
+    release: Expected, tmp_path: pathlib.Path
+) -> None:
+    """Each block runs in a fresh interpreter; continuations after their program."""
+    if release.shape != "result":
+        pytest.skip(
+            f"the examples are written for 0.3+; this release returns {release.shape}"
+        )
+    failures, counts = [], {"program": 0, "continuation": 0, "pytest": 0}
+    for example in examples(README.read_text(encoding="utf-8")):
+        workdir = tmp_path / f"line-{example.line}"
+        workdir.mkdir()
+        proc = run_example(example, workdir)
+        counts[example.kind] += 1
+        if proc.returncode != 0:
+            failures.append(
+                f"README.md line {example.line} ({example.kind}) exited "
+                f"{proc.returncode}:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+            )
+    print(f"README examples run: {counts}")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_a_broken_example_fails(tmp_path: pathlib.Path) -> None:
+    """The harness itself: a stale example is a failure, not a pass."""
+    broken = "```python\nimport mlx_vlm_safe\nmlx_vlm_safe.no_such_api()\n```\n"
+    follow = "```python\n# continues the example above\nprint(undefined_name)\n```\n"
+    good = "```python\nimport mlx_vlm_safe\nprint(mlx_vlm_safe.is_patched())\n```\n"
+    found = examples(broken + follow + good)
+    assert [e.kind for e in found] == ["program", "continuation", "program"]
+    codes = []
+    for i, example in enumerate(found):
+        (tmp_path / str(i)).mkdir()
+        codes.append(run_example(example, tmp_path / str(i)).returncode)
+    assert [code != 0 for code in codes] == [True, True, False], codes
