@@ -9,9 +9,6 @@ body in Starlette's thread pool, the async endpoint through
 Errors come back as JSON with their type and message.
 """
 
-# FastAPI declares form fields as File()/Form() defaults.
-# ruff: noqa: B008
-
 from __future__ import annotations
 
 import asyncio
