@@ -3,7 +3,9 @@
 ``python tools/compat_table.py`` prints both; ``--write`` puts them into
 README.md between their markers; ``tests/e2e/test_readme.py`` checks that the
 README holds what this makes. The data: the runtime table
-(``mlx_vlm_safe/_releases.py``) and what CI runs (``tools/matrix.py``).
+(``mlx_vlm_safe/_releases.py``), what CI runs (``tools/matrix.py``), and the
+fixes' own specs (``mlx_vlm_safe._patch.FIXES``: the reason ``report()`` and
+``doctor`` show is the one the README shows).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 if not __package__:  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from mlx_vlm_safe._patch import FIXES
 from tools.matrix import (
     CPU_STREAMS_THREAD_BOUND_SINCE,
     EXPECTED,
@@ -191,16 +194,42 @@ def replace_server_section(readme: str) -> str:
     return readme[:start] + server_section() + readme[end:]
 
 
+def fixes_legend() -> str:
+    """What each fix in the table does, and which probe verdict calls for it."""
+    lines = ["What each fix does (the reason `report()` and `doctor` give):", ""]
+    for spec in FIXES:
+        when = " and ".join(
+            f"`{probe}` is {' or '.join(f'`{v}`' for v in sorted(verdicts))}"
+            for probe, verdicts in spec.when.items()
+        )
+        where = f" (inside `{spec.rides_on}`)" if spec.rides_on else ""
+        cause = f", when {when}" if when else ", always"
+        lines.append(f"- `{spec.name}`{where}{cause}: {spec.reason}.")
+    return "\n".join(lines)
+
+
+_TESTED = "Tested in CI on "
+
+
 def readme_section() -> str:
     """Everything from the opening marker to the ``Tested in CI`` line."""
-    return "\n".join([_MARK_OPEN, markdown_table(), _MARK_CLOSE, "", tested_line()])
+    return "\n".join(
+        [
+            _MARK_OPEN,
+            markdown_table(),
+            _MARK_CLOSE,
+            "",
+            fixes_legend(),
+            "",
+            tested_line(),
+        ]
+    )
 
 
 def replace_readme_section(readme: str) -> str:
     """``readme`` with its table section replaced by :func:`readme_section`."""
     start = readme.index(_MARK_OPEN)
-    close = readme.index(_MARK_CLOSE, start)
-    end_of_line = readme.index("\n", readme.index("\n\n", close) + 2)
+    end_of_line = readme.index("\n", readme.index(_TESTED, start))
     return readme[:start] + readme_section() + readme[end_of_line:]
 
 
