@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from . import _env, _hook, _startup
+from . import _env, _hook
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,19 +27,19 @@ def activate() -> None:
     """Patch now if mlx_vlm is loaded, else when it is imported. Never raises."""
     try:
         if _env.parse_flag(_env.DISABLE):
-            _startup.status = "disabled"
+            _env.decided = "disabled"
             return
     except ValueError as exc:
         # A typo in a kill switch still says "off": honour the intent, tell why.
-        _startup.status = "disabled"
-        _startup.env_problem = f"{exc}; treating it as set"
+        _env.decided = "disabled"
+        _env.problem = f"{exc}; treating it as set"
         import logging
 
         logging.getLogger("mlx_vlm_safe").warning(
-            "mlx_vlm_safe: %s", _startup.env_problem
+            "mlx_vlm_safe: %s", _env.problem
         )
         return
-    _startup.status = "pending"
+    _env.decided = "pending"
     if _hook.PACKAGE in sys.modules:
         from . import _patch  # mlx_vlm is loaded: the heavy part is cheap now
 

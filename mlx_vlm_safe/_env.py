@@ -21,6 +21,14 @@ DISABLE = "MLX_VLM_SAFE_DISABLE"
 #: spellings below for that reason).
 AUTOPATCH = "MLX_VLM_SAFE_AUTOPATCH"
 
+#: What ``import mlx_vlm_safe`` decided from these variables, for the patch to
+#: adopt when it loads (``_activate`` writes it; kept here, where both can read
+#: it, so that neither imports the other): "idle", "pending" (the hook is
+#: armed, mlx_vlm not loaded yet) or "disabled" (the kill switch).
+decided = "idle"
+#: A malformed kill-switch value seen at import time, reported by the patch.
+problem: str | None = None
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 

@@ -133,16 +133,16 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_the_graph_sees_every_kind_of_import() -> None:
     """The check can fail: it sees relative, lazy and ``from . import`` edges."""
     assert "mlx_vlm_safe._patch" in GRAPH["mlx_vlm_safe._activate"]  # lazy
-    assert "mlx_vlm_safe._startup" in GRAPH["mlx_vlm_safe._activate"]
+    assert "mlx_vlm_safe._env" in GRAPH["mlx_vlm_safe._activate"]
     assert (
         "mlx_vlm_safe._patch._fixes" in GRAPH["mlx_vlm_safe._patch._fixes._wired_limit"]
     )
-    GRAPH["mlx_vlm_safe._startup"] = {"mlx_vlm_safe._activate"}
+    GRAPH["mlx_vlm_safe._env"] = {"mlx_vlm_safe._activate"}
     try:
         (cycle,) = _cycles()
-        assert {"mlx_vlm_safe._activate", "mlx_vlm_safe._startup"} <= set(cycle)
+        assert {"mlx_vlm_safe._activate", "mlx_vlm_safe._env"} <= set(cycle)
     finally:
-        GRAPH["mlx_vlm_safe._startup"] = set()
+        GRAPH["mlx_vlm_safe._env"] = set()
 
 
 def test_parts_import_each_other_only_through_their_faces() -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 from types import ModuleType
 
-from .. import _env, _hook, _releases, _startup
+from .. import _env, _hook, _releases
 from .._log import log
 from . import _mlx
 from ._locate import Located, locate
@@ -114,11 +114,11 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
 
 def _adopt_import_side_effect() -> None:
     """Adopt what ``import mlx_vlm_safe`` decided before this module loaded."""
-    if _startup.env_problem:
-        _STATE.warnings.append(_startup.env_problem)
-    if _startup.status == "disabled":
+    if _env.problem:
+        _STATE.warnings.append(_env.problem)
+    if _env.decided == "disabled":
         _STATE.status = "disabled"
-    elif _startup.status == "pending":
+    elif _env.decided == "pending":
         _STATE.status, _STATE.armed = "pending", True
 
 
