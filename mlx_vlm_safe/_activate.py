@@ -35,9 +35,7 @@ def activate() -> None:
         _env.problem = f"{exc}; treating it as set"
         import logging
 
-        logging.getLogger("mlx_vlm_safe").warning(
-            "mlx_vlm_safe: %s", _env.problem
-        )
+        logging.getLogger("mlx_vlm_safe").warning("mlx_vlm_safe: %s", _env.problem)
         return
     _env.decided = "pending"
     if _hook.PACKAGE in sys.modules:

@@ -21,8 +21,7 @@ from ._inventory import distributions, metadata_version
 from ._locate import locate
 from ._memory import snapshot as memory_snapshot
 from ._mlx import device
-from ._plan import FIXES
-from ._plan import examine_release as examine
+from ._plan import FIXES, examine
 from ._report import Fix, Probe, Report
 from ._results import Outcome, last_outcome, text_of
 from ._thread_exit import arm_thread_exit

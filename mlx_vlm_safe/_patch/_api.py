@@ -20,7 +20,7 @@ from .._log import log
 from . import _mlx
 from ._locate import Located, locate
 from ._memory._guard import last_note
-from ._plan import REASONS, Plan, examine_release, make_plan
+from ._plan import REASONS, Plan, examine, make_plan
 from ._registry import Registry
 from ._report import Fix, Probe, Report, Status
 
@@ -84,7 +84,7 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     """Locate, probe, plan, install. Caller holds the lock."""
     located = locate(package)
     version = getattr(package, "__version__", None)
-    findings = examine_release(located)
+    findings = examine(located)
     if located.generate is None:
         message = (
             f"mlx-vlm {version}: generate() is not where any known release puts "

@@ -1,6 +1,6 @@
 """What the wrappers need to know about the installed release, as one value.
 
-Strictly private. Built by ``_probes.examine`` from the probes' verdicts, read
+Strictly private. Built by ``_probes.run_probes`` from the probes' verdicts, read
 by the wrappers on every call (so it is a frozen value, never looked up again).
 """
 

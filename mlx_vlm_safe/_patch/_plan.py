@@ -16,7 +16,7 @@ from ._fixes._generation import NEVER_EMPTY_STREAM, NONE_SAFE_GENERATE, OBSERVED
 from ._fixes._thread_stream import THREAD_LOCAL_STREAM
 from ._fixes._wired_limit import GENERATE_OFF_METAL, PROPAGATE_ERRORS
 from ._locate import Located
-from ._probes import Findings, examine
+from ._probes import Findings, run_probes
 from ._registry import Replacement
 from ._retry_wiring import runners
 
@@ -36,9 +36,9 @@ FIX_PROBES = tuple(
 )
 
 
-def examine_release(located: Located) -> Findings:
+def examine(located: Located) -> Findings:
     """Every probe's verdict on the located objects (``report()``'s order)."""
-    return examine(located, FIX_PROBES)
+    return run_probes(located, FIX_PROBES)
 
 
 @dataclasses.dataclass(frozen=True)

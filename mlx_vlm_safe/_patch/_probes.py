@@ -3,7 +3,7 @@
 Strictly private. Version numbers lie (forks reuse the ``mlx_vlm`` import name,
 co-installs overwrite files under another distribution's metadata) and the
 defects depend on the device as well as the release. So every probe runs the
-real objects on harmless inputs; :func:`examine` runs them all, in the order
+real objects on harmless inputs; :func:`run_probes` runs them all, in the order
 ``report()`` lists them: first the fixes' own probes (each lives with its
 fix, in ``_fixes``), then the two here, which decide the wrappers' shape:
 
@@ -45,7 +45,7 @@ class Findings:
         return {p.name: p.outcome for p in self.probes}
 
 
-def examine(
+def run_probes(
     located: Located, fix_probes: Sequence[Callable[[Located], Probe]]
 ) -> Findings:
     """Run the fixes' probes, then the generate path's; derive the behaviour."""
