@@ -91,7 +91,7 @@ def _range(row: Expected) -> str:
 _BOUND = f" (mlx {CPU_STREAMS_THREAD_BOUND_SINCE}+ on CPU, 0.31.2+ on Metal)"
 _THREAD_CELLS = {
     "none": "no_stream (default stream)",
-    "import": f"bound_to_importing_thread{_BOUND}, else any_thread",
+    "import": f"bound_to_importing_thread{_BOUND}, else shared_by_threads",
     "thread_local": "any_thread (thread-local stream)",
 }
 
@@ -114,7 +114,8 @@ def markdown_table() -> str:
             row.shape,
             _broken_cell(row).replace("|", "\\|"),
             ", ".join(row.fixes_on(bound=True)).replace(
-                "thread_local_stream", f"thread_local_stream{_BOUND}"
+                "thread_local_stream",
+                f"thread_local_stream{_BOUND}, else serialized_steps",
             ),
             _tested_cell(row).replace("|", "\\|"),
         ]

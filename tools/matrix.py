@@ -244,8 +244,8 @@ class Expected(Release):
         """The ``thread_stream`` probe's verdict, given whether mlx binds streams."""
         if self.stream == "none":
             return "no_stream"
-        if self.stream == "import" and bound:
-            return "bound_to_importing_thread"
+        if self.stream == "import":
+            return "bound_to_importing_thread" if bound else "shared_by_threads"
         return "any_thread"
 
     def fixes_on(self, bound: bool) -> tuple[str, ...]:
@@ -253,7 +253,8 @@ class Expected(Release):
         verdict = self.thread_verdict(bound)
         thread = ("thread_local_stream",) if verdict.startswith("bound") else ()
         private = ("private_detokenizer",) if self.detokenizer == "shared" else ()
-        return thread + self.fixes + private
+        steps = ("serialized_steps",) if verdict == "shared_by_threads" else ()
+        return thread + self.fixes + private + steps
 
     @property
     def fails_on_entry(self) -> bool:

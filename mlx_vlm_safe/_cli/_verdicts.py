@@ -81,8 +81,15 @@ def _threads(verdict: str | None) -> str:
             "current thread, or the NoneType/token crash where errors are "
             "swallowed)."
         )
+    if verdict == "shared_by_threads":
+        return (
+            f"{question} one at a time only without the patch: this mlx shares "
+            "the generation stream between threads, and concurrent calls crash "
+            "the process (segmentation fault); the patch runs their steps one at "
+            "a time."
+        )
     if verdict == "any_thread":
-        return f"{question} works (the generation stream serves every thread)."
+        return f"{question} works (each thread gets its own generation stream)."
     if verdict == "no_stream":
         return f"{question} works (the release uses mlx's default stream)."
     return f"{question} unknown (the thread probe did not run)."

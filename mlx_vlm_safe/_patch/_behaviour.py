@@ -25,6 +25,8 @@ class Behaviour:
     name: str = "mlx_vlm.generate"
     #: stream_generate shares the processor's detokenizer between calls.
     shared_detokenizer: bool = False
+    #: Threads share the generation stream: steps must not run concurrently.
+    serialize_steps: bool = False
 
     def empty(self) -> object:
         """An empty result of the release's own shape."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ._fixes import Context, FixSpec
 from ._fixes._detokenizer import PRIVATE_DETOKENIZER
 from ._fixes._generation import NEVER_EMPTY_STREAM, NONE_SAFE_GENERATE, OBSERVED_STREAM
+from ._fixes._shared_stream import SERIALIZED_STEPS
 from ._fixes._thread_stream import THREAD_LOCAL_STREAM
 from ._fixes._wired_limit import GENERATE_OFF_METAL, PROPAGATE_ERRORS
 from ._locate import Located
@@ -28,6 +29,7 @@ FIXES: tuple[FixSpec, ...] = (
     OBSERVED_STREAM,
     NONE_SAFE_GENERATE,
     PRIVATE_DETOKENIZER,
+    SERIALIZED_STEPS,
 )
 REASONS = {spec.name: spec.reason for spec in FIXES}
 #: The fixes' own probes, each once, in the order of FIXES.

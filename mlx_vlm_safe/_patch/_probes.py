@@ -87,6 +87,10 @@ def run_probes(
         shared_detokenizer=any(
             p.name == "detokenizer" and p.outcome == "shared" for p in probes
         ),
+        serialize_steps=any(
+            p.name == "thread_stream" and p.outcome == "shared_by_threads"
+            for p in probes
+        ),
     )
     return Findings(tuple(probes), behaviour)
 

@@ -20,6 +20,7 @@ from typing import Any
 from .._retry import IDLE, STATE, record_end
 from ._behaviour import Behaviour
 from ._fixes._detokenizer import isolating
+from ._fixes._shared_stream import one_step_at_a_time
 from ._locate import mark
 from ._memory._guard import guard_stream
 from ._results import (
@@ -150,7 +151,10 @@ def wrap_stream_generate(
     default_max_tokens = behaviour.default_max_tokens
     empty_item = behaviour.empty_item if behaviour.never_empty else _NO_ITEM
     zero_item = ran_out(behaviour.empty_item)
-    run = guard_stream(original, default_max_tokens)  # the memory guard (_memory)
+    run = original
+    if behaviour.serialize_steps:  # innermost: it guards mlx's own work only
+        run = one_step_at_a_time(run)
+    run = guard_stream(run, default_max_tokens)  # the memory guard (_memory)
     if behaviour.shared_detokenizer:  # outermost: it swaps the processor argument
         run = isolating(run)
 

@@ -40,6 +40,7 @@ ROOT_CAUSE = {
     "generate_off_metal",
     "never_empty_stream",
     "thread_local_stream",
+    "serialized_steps",
 }
 
 

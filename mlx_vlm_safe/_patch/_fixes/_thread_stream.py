@@ -45,6 +45,9 @@ def probe_thread_stream(stream: object | None) -> Probe:
 
     Runs one tiny evaluation on the stream from a new thread: the question is
     put to the mlx actually loaded and its device, not to a version number.
+    ``any_thread``: a thread-local stream; ``shared_by_threads``: one stream
+    every thread uses (safe one at a time only: see ``_shared_stream``);
+    ``bound_to_importing_thread``: it fails off the thread that made it.
     """
     if stream is None:
         return Probe(NAME, "no_stream", "generation uses mlx's default stream")
@@ -60,7 +63,9 @@ def probe_thread_stream(stream: object | None) -> Probe:
     worker.start()
     worker.join()
     if not errors:
-        return Probe(NAME, "any_thread", "mlx streams are shared by threads")
+        return Probe(
+            NAME, "shared_by_threads", "this mlx shares streams between threads"
+        )
     detail = describe(errors[0], 200)
     if not can_make_thread_local():
         detail += "; this mlx has no new_thread_local_stream, so no fix"
