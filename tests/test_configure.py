@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import mlx_vlm_safe
 from mlx_vlm_safe._patch import memory_snapshot
+from mlx_vlm_safe._patch._memory import settings as memory_settings
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +25,8 @@ def _clean() -> Iterator[None]:
 
 
 def _state() -> tuple[object, object]:
-    return mlx_vlm_safe.get_policy(), memory_snapshot()["sources"]
+    """The settings in force (not the live budget, which moves with the system)."""
+    return mlx_vlm_safe.get_policy(), memory_settings()
 
 
 def test_both_kinds_of_setting_apply_in_one_call() -> None:

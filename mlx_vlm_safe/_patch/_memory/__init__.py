@@ -6,6 +6,13 @@ generation will need (from the loaded model), and ``_guard`` wraps the
 release's ``stream_generate`` with the checks before and during generation.
 """
 
-from ._budget import MEMORY_SETTINGS, reset_memory, snapshot, updated, use
+from ._budget import MEMORY_SETTINGS, reset_memory, settings, snapshot, updated, use
 
-__all__ = ["MEMORY_SETTINGS", "reset_memory", "snapshot", "updated", "use"]
+__all__ = [
+    "MEMORY_SETTINGS",
+    "reset_memory",
+    "settings",
+    "snapshot",
+    "updated",
+    "use",
+]
