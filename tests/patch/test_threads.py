@@ -114,24 +114,7 @@ def test_concurrent_callers_each_get_their_own_answer(
     tokens, in 2 of 3 runs without the fix): a race, so this test catches its
     return most of the time, not always.
     """
-    tokens = 256
-
-    def answer() -> str:
-        return _text(tiny.call(mlx_vlm.generate, max_tokens=tokens))
-
-    def streamed() -> str:
-        return _streamed(list(tiny.stream(exports.stream_generate, max_tokens=tokens)))
-
-    alone, alone_streamed = answer(), streamed()
-    barrier = threading.Barrier(12)
-
-    def work(i: int) -> str:
-        barrier.wait()
-        return answer() if i % 2 else streamed()
-
-    with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(work, range(12)))
-    assert answers == [alone if i % 2 else alone_streamed for i in range(12)]
+    _callers_at_once(tiny, mlx_vlm, exports, tokens=256, rounds=1)
 
 
 def test_rounds_of_concurrent_callers_never_crash_the_process(
@@ -148,7 +131,16 @@ def test_rounds_of_concurrent_callers_never_crash_the_process(
     runs of this test crashed on mlx 0.29.3 with another job running). Every
     answer must also be the one the caller gets alone.
     """
-    tokens = 128
+    _callers_at_once(tiny, mlx_vlm, exports, tokens=128, rounds=6)
+
+
+def _callers_at_once(
+    tiny: Tiny, mlx_vlm: Any, exports: Any, *, tokens: int, rounds: int
+) -> None:
+    """``rounds`` times, twelve callers (half calls, half streams) at a barrier.
+
+    Every answer must be the one the same kind of call gives alone.
+    """
 
     def answer() -> str:
         return _text(tiny.call(mlx_vlm.generate, max_tokens=tokens))
@@ -158,7 +150,7 @@ def test_rounds_of_concurrent_callers_never_crash_the_process(
 
     alone, alone_streamed = answer(), streamed()
     expected = [alone if i % 2 else alone_streamed for i in range(12)]
-    for _ in range(6):
+    for _ in range(rounds):
         barrier = threading.Barrier(12)
 
         def work(i: int, barrier: threading.Barrier = barrier) -> str:
