@@ -8,10 +8,8 @@ if every one is valid, so a typo never leaves half a configuration behind.
 
 from __future__ import annotations
 
-import dataclasses
-
 from ._patch import _memory
-from ._retry import RetryPolicy, get_policy
+from ._retry import RETRY_SETTINGS, RetryPolicy, get_policy
 from ._retry import configure as configure_retry
 from ._retry import reset_config as reset_retry
 
@@ -30,7 +28,7 @@ def configure(**changes: object) -> RetryPolicy:
         ValueError: an invalid value; then nothing is changed.
 
     """
-    known = {f.name for f in dataclasses.fields(RetryPolicy)} | _memory.MEMORY_SETTINGS
+    known = RETRY_SETTINGS | _memory.MEMORY_SETTINGS
     unknown = sorted(set(changes) - known)
     if unknown:
         raise TypeError(

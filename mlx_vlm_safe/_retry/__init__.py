@@ -33,6 +33,7 @@ from ._events import AttemptRecord, RetryDetails, RetryHook
 from ._failures import Runtime
 from ._ladder import CallSpec
 from ._policy import (
+    RETRY_SETTINGS,
     RetryPolicy,
     configure,
     get_policy,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IDLE",
+    "RETRY_SETTINGS",
     "STATE",
     "AttemptRecord",
     "CallSpec",

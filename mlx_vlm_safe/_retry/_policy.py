@@ -88,7 +88,8 @@ _CHECKS: dict[str, Callable[[str, object], object]] = {
     "retry_empty": V.checked_bool,
     "hooks": V.checked_hooks,
 }
-FIELDS = frozenset(f.name for f in fields(RetryPolicy))
+#: The names ``configure()`` takes for the retry policy.
+RETRY_SETTINGS = frozenset(f.name for f in fields(RetryPolicy))
 
 # --- environment -------------------------------------------------------------
 
@@ -180,11 +181,11 @@ def configure(**changes: object) -> RetryPolicy:
         ValueError: a value that is not valid for its field.
 
     """
-    unknown = sorted(set(changes) - FIELDS)
+    unknown = sorted(set(changes) - RETRY_SETTINGS)
     if unknown:
         raise TypeError(
             f"unknown retry setting(s): {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(FIELDS))}"
+            f"known: {', '.join(sorted(RETRY_SETTINGS))}"
         )
     with _config.lock:
         policy = replace(_current_locked(), **changes)  # type: ignore[arg-type]
