@@ -100,9 +100,9 @@ def markdown_table() -> str:
     """The README compatibility table, one line per row of the release table."""
     lines = [
         "| mlx-vlm | layout | `wired_limit` off Metal | empty stream in "
-        "`generate()` | generation stream off its thread | returns | what was "
-        "broken | fixes applied | tested in CI |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "`generate()` | generation stream off its thread | output that is not "
+        "UTF-8 | returns | what was broken | fixes applied | tested in CI |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in EXPECTED:
         cells = [
@@ -111,6 +111,7 @@ def markdown_table() -> str:
             row.wired_limit,
             row.empty_stream,
             _THREAD_CELLS[row.stream],
+            row.utf8,
             row.shape,
             _broken_cell(row).replace("|", "\\|"),
             ", ".join(row.fixes_on(bound=True)).replace(

@@ -11,7 +11,13 @@ from __future__ import annotations
 from packaging.version import InvalidVersion, Version
 
 from .._patch import FIXES
-from .._releases import FIXED_UPSTREAM_IN, RELEASES, WIRED_LIMIT_FIXED_IN, release_for
+from .._releases import (
+    FIXED_UPSTREAM_IN,
+    RELEASES,
+    UTF8_FIXED_IN,
+    WIRED_LIMIT_FIXED_IN,
+    release_for,
+)
 
 
 def needed(outcomes: dict[str, str]) -> set[str]:
@@ -57,6 +63,13 @@ def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list
         lines.append(
             "generate() dereferences the last stream item unguarded: a stream "
             "that yields nothing ends as the same AttributeError."
+        )
+    if outcomes.get("utf8_decode") == "strict":
+        lines.append(
+            "Model output that is not valid UTF-8 (an emoji or CJK character "
+            "split between tokens, an OCR crop, a sampled byte) ends the "
+            "generation with UnicodeDecodeError in this release's byte-level "
+            f"detokenizer (mlx-vlm {UTF8_FIXED_IN} replaces such bytes)."
         )
     lines.append(_threads(outcomes.get("thread_stream")))
     row = release_for(version)

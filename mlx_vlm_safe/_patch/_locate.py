@@ -49,6 +49,8 @@ class Located:
     defaults: Mapping[str, object]
     #: The mlx stream generation runs under (0.1.25+), if the release has one.
     generation_stream: object = None
+    #: The streaming detokenizer of byte-level BPE tokenizers, if loaded.
+    bpe_detokenizer: type | None = None
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,7 +111,19 @@ def locate(package: ModuleType) -> Located:
         accepted_kwargs=accepted,
         defaults=defaults,
         generation_stream=find_stream(scope),
+        bpe_detokenizer=_bpe_detokenizer(),
     )
+
+
+def _bpe_detokenizer() -> type | None:
+    """``BPEStreamingDetokenizer``, from the module every release keeps it in.
+
+    Read from ``sys.modules`` only (the patch never imports): ``import
+    mlx_vlm`` loads ``mlx_vlm.tokenizer_utils`` in every known release.
+    """
+    module = sys.modules.get("mlx_vlm.tokenizer_utils")
+    found = getattr(module, "BPEStreamingDetokenizer", None)
+    return found if isinstance(found, type) else None
 
 
 #: The module global mlx-vlm's generation code runs under (0.1.22+).

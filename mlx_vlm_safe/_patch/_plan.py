@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from ._fixes import Context, FixSpec
+from ._fixes import Context, FixSpec, Methods
 from ._fixes._detokenizer import PRIVATE_DETOKENIZER
 from ._fixes._generation import NEVER_EMPTY_STREAM, NONE_SAFE_GENERATE, OBSERVED_STREAM
 from ._fixes._shared_stream import SERIALIZED_STEPS
 from ._fixes._thread_stream import THREAD_LOCAL_STREAM
+from ._fixes._utf8 import REPLACE_INVALID_UTF8
 from ._fixes._wired_limit import GENERATE_OFF_METAL, PROPAGATE_ERRORS
 from ._locate import Located
 from ._probes import Findings, run_probes
@@ -28,6 +29,7 @@ FIXES: tuple[FixSpec, ...] = (
     NEVER_EMPTY_STREAM,
     OBSERVED_STREAM,
     NONE_SAFE_GENERATE,
+    REPLACE_INVALID_UTF8,
     PRIVATE_DETOKENIZER,
     SERIALIZED_STEPS,
 )
@@ -53,7 +55,8 @@ class Plan:
 
     def fix_names(self) -> list[str]:
         """Every fix in the plan, replacements first, then riders."""
-        return [r.fix for r in self.replacements] + [name for name, _ in self.riders]
+        names = [r.fix for r in self.replacements] + [name for name, _ in self.riders]
+        return list(dict.fromkeys(names))  # a fix may replace several methods
 
 
 def make_plan(
@@ -72,7 +75,13 @@ def make_plan(
         if original is None:
             continue
         replacement = spec.build(original, context)
-        if replacement is not None:
+        if isinstance(replacement, Methods):
+            owner = replacement.owner
+            replacements += [
+                Replacement(vars(owner)[name], method, spec.name, (owner,))
+                for name, method in replacement.replacements.items()
+            ]
+        elif replacement is not None:
             replacements.append(Replacement(original, replacement, spec.name))
             hosts[spec.replaces] = spec.name
     riders = tuple(

@@ -13,6 +13,9 @@ went wrong for ddtrace, OpenTelemetry and gevent users:
   replacement per original: never a wrapper around a wrapper, never somebody
   else's wrapper touched. Restoring puts back exactly the objects replaced,
   where our replacement is still the one in place.
+* A method is replaced on its class (the replacement's ``owners``), so that
+  instances made before the patch, such as a loaded processor's detokenizer,
+  see it too.
 
 The caller (``_api``) holds the lock around every method.
 """
@@ -26,6 +29,9 @@ from typing import NamedTuple
 
 from .._hook import is_target
 
+#: Where an original is bound: a module's globals, or a class's attributes.
+Namespace = ModuleType | type
+
 
 class Replacement(NamedTuple):
     """One original object and what replaces it, for which fix."""
@@ -33,15 +39,25 @@ class Replacement(NamedTuple):
     original: object
     replacement: object
     fix: str
+    #: Classes whose attributes hold ``original`` (a method replaced in place),
+    #: swept beside the loaded modules.
+    owners: tuple[type, ...] = ()
 
 
 class Rebinding(NamedTuple):
-    """One ``module.name`` that was rebound (or found bound) to a replacement."""
+    """One ``owner.name`` that was rebound (or found bound) to a replacement."""
 
-    module: ModuleType
+    owner: Namespace
     name: str
     original: object
     replacement: object
+
+
+def qualified(owner: Namespace, name: str) -> str:
+    """``owner.name`` as a dotted path (``module.Class.method`` for a class)."""
+    if isinstance(owner, ModuleType):
+        return f"{owner.__name__}.{name}"
+    return f"{owner.__module__}.{owner.__qualname__}.{name}"
 
 
 def loaded_mlx_vlm_modules() -> list[ModuleType]:
@@ -70,36 +86,45 @@ class Registry:
         self.rebound = []
         for module in loaded_mlx_vlm_modules():
             self.sweep(module)
+        for owner in self._owners():
+            self.sweep(owner)
 
-    def sweep(self, module: ModuleType) -> None:
-        """Rebind every attribute of ``module`` that is one of the originals.
+    def _owners(self) -> list[type]:
+        """The classes holding replaced methods, each once."""
+        found = (o for r in self.replacements.values() for o in r.owners)
+        return list(dict.fromkeys(found))
+
+    def sweep(self, namespace: Namespace) -> None:
+        """Rebind every attribute of ``namespace`` that is one of the originals.
 
         An attribute that already holds a replacement (a module imported after
         the patch copied it by name, ``from ..generate import generate``) is
         recorded too, so that restoring gives it the original back.
         """
-        for name, value in list(vars(module).items()):
+        for name, value in list(vars(namespace).items()):
             entry = self.replacements.get(id(value))
             if entry is not None and entry.original is value:
-                setattr(module, name, entry.replacement)
-                self.rebound.append(Rebinding(module, name, value, entry.replacement))
+                setattr(namespace, name, entry.replacement)
+                self.rebound.append(
+                    Rebinding(namespace, name, value, entry.replacement)
+                )
                 continue
             original = self._originals.get(id(value))
             if (
                 original is not None
                 and self.replacements[id(original)].replacement is value
             ):
-                self.rebound.append(Rebinding(module, name, original, value))
+                self.rebound.append(Rebinding(namespace, name, original, value))
 
     def restore(self, warn: Callable[[str], None]) -> None:
         """Put every original back where our replacement still is; forget all."""
         for binding in reversed(self.rebound):
-            module, name = binding.module, binding.name
-            if vars(module).get(name) is binding.replacement:
-                setattr(module, name, binding.original)
+            owner, name = binding.owner, binding.name
+            if vars(owner).get(name) is binding.replacement:
+                setattr(owner, name, binding.original)
             else:
                 warn(
-                    f"{module.__name__}.{name} was replaced by someone else after "
+                    f"{qualified(owner, name)} was replaced by someone else after "
                     "the patch; left as it is"
                 )
         self.rebound = []
@@ -116,11 +141,12 @@ class Registry:
         Read from the modules, not from our log of rebinds: modules imported
         after the patch bind our replacement directly, and those count.
         """
-        owners = {id(r.replacement): r for r in self.replacements.values()}
+        ours = {id(r.replacement): r for r in self.replacements.values()}
         found: dict[str, list[str]] = {}
-        for module in loaded_mlx_vlm_modules():
-            for name, value in list(vars(module).items()):
-                entry = owners.get(id(value))
+        namespaces: list[Namespace] = [*loaded_mlx_vlm_modules(), *self._owners()]
+        for namespace in namespaces:
+            for name, value in list(vars(namespace).items()):
+                entry = ours.get(id(value))
                 if entry is not None and entry.replacement is value:
-                    found.setdefault(entry.fix, []).append(f"{module.__name__}.{name}")
+                    found.setdefault(entry.fix, []).append(qualified(namespace, name))
         return found

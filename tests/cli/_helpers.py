@@ -41,6 +41,7 @@ ROOT_CAUSE = {
     "never_empty_stream",
     "thread_local_stream",
     "serialized_steps",
+    "replace_invalid_utf8",
 }
 
 

@@ -34,6 +34,7 @@ def test_installed_release_is_classified_as_the_table_says(
     assert report.probe("wired_limit") == release.wired_limit
     assert report.probe("thread_stream") == release.thread_verdict(bound)
     assert report.probe("detokenizer") == release.detokenizer
+    assert report.probe("utf8_decode") == release.utf8
     assert report.probe("empty_stream") == release.empty_stream
     assert report.probe("result_shape") == release.shape
     assert report.fix_names() == release.fixes_on(bound)

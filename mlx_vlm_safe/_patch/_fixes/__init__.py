@@ -19,8 +19,9 @@ from .._behaviour import Behaviour
 from .._locate import Located
 from .._report import Probe
 
-#: Build a replacement for ``original``; ``None`` when it cannot be built here
-#: (the builder has said why through ``Context.warn``).
+#: Build a replacement for ``original`` (or, for a class, its :class:`Methods`);
+#: ``None`` when it cannot be built here (the builder has said why through
+#: ``Context.warn``).
 Builder = Callable[[Any, "Context"], object]
 #: A fix's own probe, run on the located objects (``_locate.Located``).
 ProbeRunner = Callable[[Located], Probe]
@@ -35,6 +36,19 @@ class Context:
     retry_call: Callable[..., Any] | None
     retry_stream: Callable[..., Any] | None
     warn: Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Methods:
+    """A builder's answer for a class: methods replaced in place on it.
+
+    Replacing the class itself would miss the instances made before the
+    patch (a loaded processor's detokenizer); replacing its methods does not.
+    """
+
+    owner: type
+    #: method name -> its replacement (marked, ``__wrapped__`` is the original)
+    replacements: Mapping[str, Callable[..., Any]]
 
 
 @dataclasses.dataclass(frozen=True)
