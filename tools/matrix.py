@@ -72,7 +72,11 @@ STACK_MLX = "0.32.4"
 #: binds them (and aborted at exit even after ``clear_streams``). The
 #: thread-local releases (0.5.0+) install only with mlx 0.32.4: they need
 #: mlx-audio 0.6.2, which pins ``mlx==0.32.4``; so they run on STACK's mlx.
-MLX_AXIS = {"0.3.5": ("0.29.3", "0.31.1", "0.31.2", "0.32.0")}
+MLX_AXIS = {
+    "0.3.5": ("0.29.3", "0.31.1", "0.31.2", "0.32.0"),
+    # mlx's default stream, shared by threads there (serialized_steps)
+    "0.1.7": ("0.29.3",),
+}
 
 
 def streams_bound(mlx_version: str, device: str = "cpu") -> bool:
@@ -242,8 +246,8 @@ class Expected(Release):
 
     def thread_verdict(self, bound: bool) -> str:
         """The ``thread_stream`` probe's verdict, given whether mlx binds streams."""
-        if self.stream == "none":
-            return "no_stream"
+        if self.stream == "none":  # mlx's default stream: per thread where bound
+            return "no_stream" if bound else "shared_by_threads"
         if self.stream == "import":
             return "bound_to_importing_thread" if bound else "shared_by_threads"
         return "any_thread"

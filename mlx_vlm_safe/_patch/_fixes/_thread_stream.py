@@ -40,19 +40,8 @@ def _use_on_this_thread(stream: object, errors: list[BaseException]) -> None:
         release_thread_streams()  # the probe's thread must not abort the exit
 
 
-def probe_thread_stream(stream: object | None) -> Probe:
-    """Ask whether the generation stream works on a thread other than its maker's.
-
-    Runs one tiny evaluation on the stream from a new thread: the question is
-    put to the mlx actually loaded and its device, not to a version number.
-    ``any_thread``: a thread-local stream; ``shared_by_threads``: one stream
-    every thread uses (safe one at a time only: see ``_shared_stream``);
-    ``bound_to_importing_thread``: it fails off the thread that made it.
-    """
-    if stream is None:
-        return Probe(NAME, "no_stream", "generation uses mlx's default stream")
-    if _is_thread_local(stream):
-        return Probe(NAME, "any_thread", "a thread-local stream")
+def _error_on_another_thread(stream: object) -> BaseException | None:
+    """Run one tiny evaluation on ``stream`` from a new thread; its error, if any."""
     errors: list[BaseException] = []
     worker = threading.Thread(
         target=_use_on_this_thread,
@@ -62,11 +51,41 @@ def probe_thread_stream(stream: object | None) -> Probe:
     )
     worker.start()
     worker.join()
-    if not errors:
+    return errors[0] if errors else None
+
+
+def probe_thread_stream(stream: object | None) -> Probe:
+    """Ask whether the generation stream works on a thread other than its maker's.
+
+    Runs one tiny evaluation on the stream from a new thread: the question is
+    put to the mlx actually loaded and its device, not to a version number.
+    ``any_thread``: a thread-local stream; ``shared_by_threads``: one stream
+    every thread uses (safe one at a time only: see ``_shared_stream``);
+    ``bound_to_importing_thread``: it fails off the thread that made it;
+    ``no_stream``: the release runs on mlx's default stream, and each thread
+    has its own. Where this mlx shares its default stream between threads
+    (before 0.32.0 on CPU), a release without a stream of its own gets
+    ``shared_by_threads`` too.
+    """
+    mx = _mlx.core()
+    if stream is None:
+        default = mx.default_stream(mx.default_device()) if mx is not None else None
+        if default is None or _error_on_another_thread(default) is not None:
+            return Probe(NAME, "no_stream", "generation uses mlx's default stream")
+        return Probe(
+            NAME,
+            "shared_by_threads",
+            "generation uses mlx's default stream, which this mlx shares "
+            "between threads",
+        )
+    if _is_thread_local(stream):
+        return Probe(NAME, "any_thread", "a thread-local stream")
+    error = _error_on_another_thread(stream)
+    if error is None:
         return Probe(
             NAME, "shared_by_threads", "this mlx shares streams between threads"
         )
-    detail = describe(errors[0], 200)
+    detail = describe(error, 200)
     if not can_make_thread_local():
         detail += "; this mlx has no new_thread_local_stream, so no fix"
     return Probe(NAME, "bound_to_importing_thread", detail)
