@@ -156,6 +156,8 @@ ENVIRONMENTS: dict[str, Env] = {
     # 0.29.3 streams shared by threads; 0.31.1 the last before mlx issue 3727;
     # 0.31.2 Metal streams bound, CPU not;
     # 0.32.0 CPU streams bound, and the exit aborted even after clear_streams.
+    # 0.1.7 on 0.29.3: a release on mlx's default stream, which that mlx
+    # shares between threads (serialized_steps applies there, not on 0.32+).
     **{
         f"{release}-mlx{mlx}": _upstream(release, mlx=mlx)
         for release, mlxs in TABLE.MLX_AXIS.items()
