@@ -33,10 +33,12 @@ from tools.matrix import Expected
 from ..conftest import WIDE, Tiny
 
 TOLERANCE = 2**20
-#: How far the estimate may exceed the measured peak: 0.6.0 peaked 22 KiB
-#: (0.17 %) under it at 240 tokens on the wide checkpoint. The budget's
-#: margin (32 MiB + 5 %) is what keeps such a guess from refusing work.
-OVERSHOOT = 64 * 2**10
+#: How far the estimate may exceed the measured peak, as a share of it: on
+#: mlx 0.32, 0.6.0 peaked 22 KiB (0.17 %) under it at 240 tokens on the wide
+#: checkpoint; on mlx 0.29.3, 0.1.7's 512-position cache peaked 4.2 % under.
+#: The budget's margin (32 MiB + 5 %) is what keeps such a guess from
+#: refusing work, so 5 % is the most it may be over.
+OVERSHOOT = 0.05
 
 
 @pytest.fixture(autouse=True)
@@ -190,7 +192,7 @@ def test_estimate_is_within_tolerance_of_the_peak(
         f"(KV {found.kv_cache}, {found.capacity} positions) peak {peak} "
         f"ratio {found.total / peak:.3f}"
     )
-    assert found.total - OVERSHOOT <= peak <= found.total + TOLERANCE
+    assert found.total * (1 - OVERSHOOT) <= peak <= found.total + TOLERANCE
 
 
 @pytest.mark.model
