@@ -201,3 +201,78 @@ def test_a_generation_that_emits_bad_bytes_completes_with_the_whole_answer(
     assert text.count("\ufffd") == 3  # one per bad byte mid-answer; the last dropped
     if release.shape == "result":
         assert result.generation_tokens == len(scripted_output)
+
+
+def _byte_level(tiny: Tiny) -> Any:
+    """The tiny processor with the byte-level detokenizer its tokenizer calls for.
+
+    0.3.10+ pick it for the tiny tokenizer on their own; earlier releases
+    compare the tokenizer's decoder with a fixed description and fall back to
+    a slower detokenizer that cannot fail (real byte-level models match it).
+    """
+    processor = copy.copy(tiny.processor)
+    processor.detokenizer = _bpe_class()(tiny.processor.tokenizer)
+    return processor
+
+
+def _sampled(mlx_vlm: Any, tiny: Tiny, calls: int) -> list[Any]:
+    """Results (or errors) of ``calls`` real 16-token generations at temperature 1.
+
+    No fault is planted: at temperature 1 the tiny model samples single-byte
+    tokens often enough that most answers hold bytes that are not UTF-8.
+    """
+    import mlx.core as mx
+
+    accepted = locate(mlx_vlm).accepted_kwargs or frozenset()
+    key = "temperature" if "temperature" in accepted else "temp"  # 0.1.x: temp
+    processor = _byte_level(tiny)
+    mx.random.seed(0)
+    out: list[Any] = []
+    for _ in range(calls):
+        try:
+            result = mlx_vlm.generate(
+                tiny.model,
+                processor,
+                tiny.prompt,
+                image=tiny.image,
+                max_tokens=16,
+                verbose=False,
+                **{key: 1.0},
+            )
+        except Exception as exc:
+            out.append(exc)
+        else:
+            out.append(result)
+    return out
+
+
+def test_sampled_answers_are_whole_with_replacement_characters(
+    mlx_vlm: Any, tiny: Tiny, release: Expected
+) -> None:
+    outcomes = _sampled(mlx_vlm, tiny, 12)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not errors, errors
+    if release.shape == "result":  # whole answers, not cut ones
+        assert {o.generation_tokens for o in outcomes} == {16}, outcomes
+    marked = [o for o in outcomes if "\ufffd" in text_of(o)]
+    if release.has("kwargs_dropped"):  # temperature never reaches sampling
+        assert not marked, outcomes
+    else:
+        assert marked, outcomes  # the bad bytes were there, and were replaced
+
+
+def test_unpatched_sampled_answers_die_in_the_detokenizer(
+    mlx_vlm: Any, tiny: Tiny, release: Expected, unpatched: None
+) -> None:
+    outcomes = _sampled(mlx_vlm, tiny, 12)
+    kinds = {type(o).__name__ for o in outcomes if isinstance(o, BaseException)}
+    if release.utf8 == "replaces" or release.has("kwargs_dropped"):
+        assert not kinds, outcomes
+    elif release.wired_limit in ("propagates", "absent"):
+        assert "UnicodeDecodeError" in kinds, outcomes  # the release's own error
+    elif release.wired_limit == "swallows":  # 0.3.2-0.3.10: the error vanishes
+        # ... and the answer stops where it was raised, looking finished
+        cut = [o for o in outcomes if getattr(o, "generation_tokens", 16) < 16]
+        assert cut or kinds, outcomes
+    else:  # no generation at all off Metal
+        assert kinds, outcomes
