@@ -129,6 +129,18 @@ def test_patch_wraps_the_class_and_unpatch_puts_the_methods_back(
     assert vars(cls)["add_token"].__wrapped__ is original  # one wrapper, not two
 
 
+def test_a_detokenizer_unlike_any_release_is_inconclusive_not_a_crash() -> None:
+    from mlx_vlm_safe._patch._fixes._utf8 import probe_utf8
+
+    class Renamed:  # a future release that renamed add_token
+        def __init__(self, tokenizer: object) -> None:
+            self.text = ""
+
+    found = probe_utf8(Renamed)
+    assert found.outcome == "inconclusive", found
+    assert "add_token" in found.detail, found
+
+
 @st.composite
 def _outputs(draw: st.DrawFn, pool: tuple[list[int], list[int]]) -> list[int]:
     """Token sequences a byte-level model may emit: bytes and words, mixed."""

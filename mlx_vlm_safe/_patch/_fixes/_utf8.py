@@ -51,8 +51,8 @@ def probe_utf8(cls: type | None) -> Probe:
     """
     if cls is None:
         return Probe(NAME, "absent", "no byte-level BPE detokenizer")
-    add_token, finalize = (_original(cls, m) for m in ERRORS)
     try:
+        add_token, finalize = (_original(cls, m) for m in ERRORS)
         detokenizer = cls(_Vocab())
         add_token(detokenizer, 0)
         try:
@@ -66,7 +66,7 @@ def probe_utf8(cls: type | None) -> Probe:
         finalize(detokenizer)
     except UnicodeDecodeError as exc:
         return Probe(NAME, "strict", describe(exc, 200))
-    except Exception as exc:  # an unexpected release: say so; the fix still fits
+    except Exception as exc:  # an unexpected release: say so, and leave it be
         return Probe(NAME, "inconclusive", describe(exc, 200))
     return Probe(NAME, "replaces")
 
