@@ -23,10 +23,6 @@ class Behaviour:
     empty_item: object
     default_max_tokens: object
     name: str = "mlx_vlm.generate"
-    #: stream_generate shares the processor's detokenizer between calls.
-    shared_detokenizer: bool = False
-    #: Threads share the generation stream: steps must not run concurrently.
-    serialize_steps: bool = False
 
     def empty(self) -> object:
         """An empty result of the release's own shape."""

@@ -65,7 +65,14 @@ def make_plan(
     """The replacements the probes call for, built but not installed."""
     verdicts = findings.verdicts()
     retry_call, retry_stream = runners(located, findings.behaviour)
-    context = Context(located, findings.behaviour, retry_call, retry_stream, warn)
+    layers = tuple(
+        (spec.layer, spec.inner)
+        for spec in FIXES
+        if spec.layer is not None and spec.applies(verdicts)
+    )
+    context = Context(
+        located, findings.behaviour, retry_call, retry_stream, warn, layers
+    )
     replacements: list[Replacement] = []
     hosts: dict[str, str] = {}  # Located field -> the fix that replaced it
     for spec in FIXES:

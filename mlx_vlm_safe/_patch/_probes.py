@@ -25,8 +25,6 @@ from typing import Any, Literal
 
 from .._log import describe
 from ._behaviour import Behaviour
-from ._fixes._detokenizer import PRIVATE_DETOKENIZER
-from ._fixes._shared_stream import SERIALIZED_STEPS
 from ._locate import Located
 from ._report import Probe
 from ._results import build_result
@@ -79,8 +77,6 @@ def run_probes(
         if located.result_class is not None
         else ""
     )
-    # The stream wrapper carries these riders; their specs say when they apply.
-    verdicts = {p.name: p.outcome for p in probes}
     behaviour = Behaviour(
         never_empty=empty.outcome != "guarded",
         shape=shape,
@@ -88,8 +84,6 @@ def run_probes(
         stats=stats,
         empty_item=empty_item,
         default_max_tokens=located.defaults.get("max_tokens"),
-        shared_detokenizer=PRIVATE_DETOKENIZER.applies(verdicts),
-        serialize_steps=SERIALIZED_STEPS.applies(verdicts),
     )
     return Findings(tuple(probes), behaviour)
 

@@ -31,25 +31,35 @@ class Outcome:
             ``"length"`` (it reached ``max_tokens``) or ``"empty"`` (nothing
             was generated and no error was raised).
         generation_tokens: tokens generated, as the release counted them.
+        shortened: ``finish_reason`` is ``"length"`` at a ``max_tokens``
+            smaller than the caller's: a retry step cut the answer short.
+        requested_max_tokens: what the caller asked for.
 
     """
 
     finish_reason: FinishReason
     generation_tokens: int
+    #: The answer hit a smaller ``max_tokens`` than the caller asked for (a
+    #: retry ladder step): it is shorter than the requested answer would be.
+    shortened: bool = False
+    #: The caller's ``max_tokens`` (or the release's default), where known.
+    requested_max_tokens: int | None = dataclasses.field(default=None, compare=False)
 
 
 #: The ``finish_reason`` of a stream that raised or was closed before its end.
 INCOMPLETE: Any = object()
 
 #: How a patched stream ended, as raw facts: ``(tokens, empty, finish_reason,
-#: max_tokens)``. ``finish_reason`` is the last item's own (0.6+), ``None``, or
-#: :data:`INCOMPLETE`; ``empty`` says it generated nothing and raised nothing.
+#: max_tokens, requested)``. ``finish_reason`` is the last item's own (0.6+),
+#: ``None``, or :data:`INCOMPLETE`; ``empty`` says it generated nothing and
+#: raised nothing; ``max_tokens`` is what this stream ran with, ``requested``
+#: what the caller asked for (they differ after a retry ladder step).
 #: A plain tuple, because it is made on every call and a named record costs
 #: several times more to build; readers use the field positions below, and
 #: ``last_outcome()`` builds an :class:`Outcome` from it when asked.
-StreamEnd: TypeAlias = tuple[int, bool, object, object]
+StreamEnd: TypeAlias = tuple[int, bool, object, object, object]
 #: Positions of :data:`StreamEnd`'s fields.
-TOKENS, EMPTY, REASON, MAX_TOKENS = range(4)
+TOKENS, EMPTY, REASON, MAX_TOKENS, REQUESTED = range(5)
 
 
 def last_outcome() -> Outcome | None:
@@ -118,7 +128,7 @@ def empty_result(
 
 
 #: How a ``max_tokens=0`` call ends: nothing generated, by length, not empty.
-ZERO_TOKENS_END: StreamEnd = (0, False, "length", 0)
+ZERO_TOKENS_END: StreamEnd = (0, False, "length", 0, 0)
 
 
 def ran_out(item: object) -> object:
@@ -141,7 +151,7 @@ def text_of(result: object) -> object:
 
 def text_end(text: object) -> StreamEnd:
     """The :data:`StreamEnd` of a ``generate()`` that drove no stream."""
-    return (0, not text, "stop" if text else None, None)
+    return (0, not text, "stop" if text else None, None, None)
 
 
 def outcome_of(end: StreamEnd | None) -> Outcome | None:
@@ -153,13 +163,23 @@ def outcome_of(end: StreamEnd | None) -> Outcome | None:
     """
     if end is None:
         return None
-    tokens, empty, reason, max_tokens = end
+    tokens, empty, reason, max_tokens, requested = end
     if empty:
         return Outcome("empty", 0)
     if reason is INCOMPLETE:
         return None
+    asked = requested if isinstance(requested, int) else None
+    finish: FinishReason
     if reason == "stop" or reason == "length":  # noqa: PLR1714 - str only
-        return Outcome(reason, tokens)
-    if isinstance(max_tokens, int) and tokens >= max_tokens:
-        return Outcome("length", tokens)
-    return Outcome("stop", tokens)
+        finish = reason
+    elif isinstance(max_tokens, int) and tokens >= max_tokens:
+        finish = "length"
+    else:
+        finish = "stop"
+    shortened = (
+        finish == "length"
+        and asked is not None
+        and isinstance(max_tokens, int)
+        and max_tokens < asked
+    )
+    return Outcome(finish, tokens, shortened, asked)

@@ -12,7 +12,7 @@ wrappers without an import cycle.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .._behaviour import Behaviour
@@ -25,6 +25,9 @@ from .._report import Probe
 Builder = Callable[[Any, "Context"], object]
 #: A fix's own probe, run on the located objects (``_locate.Located``).
 ProbeRunner = Callable[[Located], Probe]
+#: A stream layer: the release's ``stream_generate`` (or what wraps it) in,
+#: the same call with the fix around it out.
+StreamLayer = Callable[[Callable[..., Iterator[Any]]], Callable[..., Iterator[Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,13 @@ class Context:
     retry_call: Callable[..., Any] | None
     retry_stream: Callable[..., Any] | None
     warn: Callable[[str], None]
+    #: The stream layers of the fixes that apply, in ``FIXES`` order:
+    #: ``(layer, inner)`` (see ``FixSpec.layer``).
+    layers: tuple[tuple[StreamLayer, bool], ...] = ()
+
+    def stream_layers(self, *, inner: bool) -> tuple[StreamLayer, ...]:
+        """The inner (or outer) stream layers, first listed innermost."""
+        return tuple(layer for layer, is_inner in self.layers if is_inner is inner)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +69,11 @@ class FixSpec:
     ``empty_stream`` and ``result_shape`` run for every release). ``when``
     maps probe names to the verdicts that call for the fix (all must hold;
     empty means always). ``replaces`` names the ``Located`` field whose
-    object is replaced; a fix that ``rides_on`` another has no replacement of
-    its own: the host's replacement carries it. ``root_cause`` fixes are the
-    ones ``doctor`` counts as "this release is affected here".
+    object is replaced; a fix with a ``layer`` has no replacement of its
+    own: the stream wrapper (``rides_on``) composes its layer, around each
+    step of mlx's work inside the memory guard when ``inner``, around the
+    whole call outside it otherwise. ``root_cause`` fixes are the ones
+    ``doctor`` counts as "this release is affected here".
     """
 
     name: str
@@ -72,6 +84,8 @@ class FixSpec:
     probe: ProbeRunner | None = None
     rides_on: str = ""
     root_cause: bool = False
+    layer: StreamLayer | None = None
+    inner: bool = False
 
     def applies(self, verdicts: Mapping[str, str]) -> bool:
         """Whether the probes' ``verdicts`` call for this fix."""

@@ -124,5 +124,6 @@ PRIVATE_DETOKENIZER = FixSpec(
     "own copy",
     when={NAME: frozenset({"shared"})},
     probe=probe,
-    rides_on="stream_generate",  # applied inside the stream wrapper (isolating)
+    rides_on="stream_generate",
+    layer=isolating,  # outer: it swaps the processor argument
 )

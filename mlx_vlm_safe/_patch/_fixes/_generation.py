@@ -18,7 +18,13 @@ from . import Context, FixSpec
 
 
 def _stream(original: Callable[..., Any], context: Context) -> object:
-    return wrap_stream_generate(original, context.behaviour, context.retry_stream)
+    return wrap_stream_generate(
+        original,
+        context.behaviour,
+        context.retry_stream,
+        inner=context.stream_layers(inner=True),
+        outer=context.stream_layers(inner=False),
+    )
 
 
 def _generate(original: Callable[..., Any], context: Context) -> object:

@@ -59,6 +59,8 @@ SERIALIZED_STEPS = FixSpec(
     "evaluation on it crashes the process; concurrent calls now run their "
     "steps one at a time",
     when={THREAD_STREAM: frozenset({SHARED})},
-    rides_on="stream_generate",  # applied inside the stream wrapper
+    rides_on="stream_generate",
     root_cause=True,
+    layer=one_step_at_a_time,
+    inner=True,  # it guards mlx's own work only
 )
