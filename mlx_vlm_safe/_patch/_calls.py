@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 from contextvars import ContextVar
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "GenerationCancelled",
     "current_call",
     "finish",
+    "in_flight",
     "stop_if_due",
 ]
 
@@ -57,6 +59,7 @@ class Call:
         "requested",
         "started",
         "watch",
+        "__weakref__",
     )
 
     def __init__(self, operation: str, requested: object) -> None:
@@ -75,6 +78,17 @@ class Call:
         #: someone cancelled it): the one attribute the token loop reads.
         self.watch = False
         self.end: StreamEnd | None = None
+        _IN_FLIGHT.add(self)
+
+
+#: Calls made and not yet finished. Weak: a stream dropped before its first
+#: item never runs its ``finally``, and must not stay "in flight" for ever.
+_IN_FLIGHT: weakref.WeakSet[Call] = weakref.WeakSet()
+
+
+def in_flight() -> tuple[Call, ...]:
+    """The calls in flight now, in no particular order (a copy)."""
+    return tuple(_IN_FLIGHT)
 
 
 #: The call whose frames are running in this context, if any.
@@ -108,6 +122,7 @@ def finish(
     ``last_outcome()`` says the same for them.
     """
     duration = clock() - call.started
+    _IN_FLIGHT.discard(call)
     end = call.end
     outcome = _outcome_of(call, error)
     ended = outcome_of(end) if outcome == "ok" else None
