@@ -46,6 +46,7 @@ class Call:
     """
 
     __slots__ = (
+        "__weakref__",
         "attempts",
         "cancelled",
         "deadline",
@@ -59,7 +60,6 @@ class Call:
         "requested",
         "started",
         "watch",
-        "__weakref__",
     )
 
     def __init__(self, operation: str, requested: object) -> None:
