@@ -18,7 +18,7 @@ keywords a retry may lower, and what counts as an empty result).
 
 from __future__ import annotations
 
-from ._classify import Verdict, explain
+from ._classify import DoNotRetry, Verdict, explain
 from ._context import (
     IDLE,
     STATE,
@@ -57,6 +57,7 @@ __all__ = [
     "AttemptRecord",
     "CallSpec",
     "CallState",
+    "DoNotRetry",
     "RetryDetails",
     "RetryHook",
     "RetryPolicy",

@@ -33,7 +33,15 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from ._policy import RetryPolicy
 
-__all__ = ["DEFECTS", "TABLE", "Explanation", "Rule", "Verdict", "explain"]
+__all__ = [
+    "DEFECTS",
+    "TABLE",
+    "DoNotRetry",
+    "Explanation",
+    "Rule",
+    "Verdict",
+    "explain",
+]
 
 _log = logging.getLogger("mlx_vlm_safe")
 
@@ -50,6 +58,18 @@ class Explanation(NamedTuple):
 
     verdict: Verdict
     why: str
+
+
+class DoNotRetry:
+    """A mixin for exceptions that say, themselves, that no retry can help.
+
+    The caller's code still catches them by their real type (a
+    ``class Refused(MemoryError, DoNotRetry)`` is a ``MemoryError``); the
+    table is never asked. For errors whose type alone would be retried but
+    whose raiser knows better (memory that did not free up in time).
+    """
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +138,7 @@ TABLE: tuple[Rule, ...] = (
 _NOT_EXCEPTION = "not an Exception: never caught"
 _UNKNOWN = "unknown error: only known transient failures are retried"
 _USER = "listed in RetryPolicy.retry_on"
+_SAYS_SO = "the error says no retry can help (DoNotRetry)"
 
 # type -> (verdict, why) for types whose verdict does not depend on the message
 # under the built-in rows. It keeps the bad-argument path (a ValueError on the
@@ -133,6 +154,8 @@ def explain(exc: BaseException, policy: RetryPolicy | None = None) -> Explanatio
     """
     if not isinstance(exc, Exception):
         return Explanation(NEVER, _NOT_EXCEPTION)
+    if isinstance(exc, DoNotRetry):
+        return Explanation(NEVER, _SAYS_SO)
     user = policy.retry_on if policy is not None else ()
     if not user:
         cached = _by_type.get(type(exc))

@@ -34,6 +34,8 @@ __all__ = [  # noqa: RUF022 - grouped: settings, then the budget
 
 LIMIT_VARIABLE = "MLX_VLM_SAFE_MEMORY_LIMIT"
 MARGIN_VARIABLE = "MLX_VLM_SAFE_MEMORY_MARGIN"
+WAIT_VARIABLE = "MLX_VLM_SAFE_MEMORY_WAIT"
+SHORTEN_VARIABLE = "MLX_VLM_SAFE_MEMORY_SHORTEN"
 MARGIN_FIXED = 32 * 2**20
 MARGIN_FRACTION = 0.05
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -75,12 +77,59 @@ def parse_size(value: object, name: str = "memory_limit") -> int | str | None:
     )
 
 
+def parse_wait(value: object, name: str = "memory_wait") -> float | None:
+    """Seconds a call may wait for memory (``None``/``"auto"``: the default).
+
+    ``0`` never waits; the default is the retry policy's deadline.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "auto"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"{name} must be seconds >= 0 or 'auto', got {value!r}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be seconds >= 0 or 'auto', got {value!r}")
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be seconds >= 0 or 'auto', got {value!r}")
+    return float(value)
+
+
+def parse_switch(value: object, name: str = "memory_shorten") -> bool:
+    """A boolean setting: ``True``/``False``, or ``1/0``, ``yes/no``, ``on/off``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """``limit``: None (the system's sources), "off", or a per-generation cap."""
+    """The memory guard's settings.
+
+    ``limit``: None (the system's sources), "off", or what every generation
+    in flight may take together (bytes). ``wait``: how long a call waits for
+    memory (None: the retry policy's deadline; 0: never). ``shorten``: a call
+    that can never fit may be retried with a smaller ``max_tokens`` (the
+    retry ladder; the answer is marked shortened); False makes it raise
+    ``MemoryError`` instead.
+    """
 
     limit: int | str | None = None
     margin: int | None = None  # None: MARGIN_FIXED + MARGIN_FRACTION of the room
+    wait: float | None = None
+    shorten: bool = True
 
 
 class _Config:
@@ -98,7 +147,12 @@ def _from_env(environ: Mapping[str, str]) -> Settings:
     margin = parse_size(raw_margin, MARGIN_VARIABLE) if raw_margin else None
     if margin == "off":
         margin = 0
-    return Settings(limit, margin if isinstance(margin, int) else None)
+    wait = parse_wait(environ.get(WAIT_VARIABLE), WAIT_VARIABLE)
+    raw_shorten = environ.get(SHORTEN_VARIABLE)
+    shorten = (
+        True if raw_shorten is None else parse_switch(raw_shorten, SHORTEN_VARIABLE)
+    )
+    return Settings(limit, margin if isinstance(margin, int) else None, wait, shorten)
 
 
 def settings() -> Settings:
@@ -120,7 +174,9 @@ def settings() -> Settings:
         return _config.settings
 
 
-MEMORY_SETTINGS = frozenset({"memory_limit", "memory_margin"})
+MEMORY_SETTINGS = frozenset(
+    {"memory_limit", "memory_margin", "memory_wait", "memory_shorten"}
+)
 
 
 def updated(changes: Mapping[str, object]) -> Settings:
@@ -132,6 +188,11 @@ def updated(changes: Mapping[str, object]) -> Settings:
     """
     current = settings()
     limit, margin = current.limit, current.margin
+    wait, shorten = current.wait, current.shorten
+    if "memory_wait" in changes:
+        wait = parse_wait(changes["memory_wait"])
+    if "memory_shorten" in changes:
+        shorten = parse_switch(changes["memory_shorten"])
     if "memory_limit" in changes:
         limit = parse_size(changes["memory_limit"])
     if "memory_margin" in changes:
@@ -145,7 +206,7 @@ def updated(changes: Mapping[str, object]) -> Settings:
             margin = (
                 0 if parsed == "off" else parsed if isinstance(parsed, int) else None
             )
-    return Settings(limit, margin)
+    return Settings(limit, margin, wait, shorten)
 
 
 def use(new: Settings) -> None:

@@ -19,12 +19,16 @@ ladder's smaller ``max_tokens`` / ``prefill_step_size``) then goes through:
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from ..._log import log
+from ..._retry import get_policy
 from .. import _mlx
+from .._calls import Call, GenerationCancelled, current_call
 from . import _budget, _estimate
+from ._ledger import MemoryRefused, Reservation, Room, ledger, trim_heap
 
 __all__ = ["CHECK_EVERY", "guard_stream", "last_note"]
 
@@ -61,24 +65,42 @@ def _mlx_memory() -> int:
     return 0
 
 
-def _freed_cache() -> bool:
-    """Return mlx's cache of freed buffers to the system; True if there was any.
+def _cache_memory() -> int:
+    """Bytes in mlx's cache of freed buffers (0 where mlx cannot tell)."""
+    mx = _mlx.core()
+    owner = mx if hasattr(mx, "get_cache_memory") else getattr(mx, "metal", None)
+    get_cache = getattr(owner, "get_cache_memory", None)
+    try:
+        return int(get_cache()) if callable(get_cache) else 0
+    except Exception:  # an old or odd backend: nothing cached that we know of
+        return 0
 
-    A generation that failed or was stopped leaves its buffers there, still
-    mapped: before refusing a call for lack of room, give them back and look
-    again.
+
+def _freed_cache() -> bool:
+    """Return freed memory to the system; True if there was any to return.
+
+    A generation that ended, failed or was stopped leaves its buffers in
+    mlx's cache, still mapped, and glibc keeps freed heap in its arenas:
+    under ``RLIMIT_AS`` or a cgroup limit both still count as used. Before
+    refusing a call for lack of room, give them back and look again. This
+    is why, before, a second round of concurrent calls found no room left
+    although nothing was running.
     """
     mx = _mlx.core()
     owner = mx if hasattr(mx, "clear_cache") else getattr(mx, "metal", None)
-    get_cache = getattr(owner, "get_cache_memory", None)
     clear = getattr(owner, "clear_cache", None)
+    freed = False
     try:
-        if callable(get_cache) and callable(clear) and get_cache() > 0:
+        if callable(clear) and _cache_memory() > 0:
             clear()
-            return True
+            freed = True
     except Exception:  # an old or odd backend: nothing freed
-        return False
-    return False
+        freed = False
+    return trim_heap() or freed
+
+
+#: How the ledger reads and frees memory.
+_ROOM = Room(read=_budget.read_budget, free=_freed_cache, reclaimable=_cache_memory)
 
 
 def _resident() -> int:
@@ -108,10 +130,11 @@ def _mib(value: int) -> str:
 
 
 class Preflight(NamedTuple):
-    """The budget a call was checked against, and its estimate if one was made."""
+    """The budget a call was checked against, its estimate and its reservation."""
 
     budget: _budget.Budget
     estimate: _estimate.Estimate | None
+    reservation: Reservation | None = None
 
 
 class Usage(NamedTuple):
@@ -121,13 +144,62 @@ class Usage(NamedTuple):
     resident: int
 
 
+def _wait_limit(settings: _budget.Settings) -> float | None:
+    """How long a call may wait for memory: the setting, else the retry deadline."""
+    if settings.wait is not None:
+        return settings.wait
+    return get_policy().deadline
+
+
+def _stop(call: Call | None) -> Callable[[], BaseException | None]:
+    """What ends a wait for memory early: the call's cancellation or deadline."""
+
+    def stop() -> BaseException | None:
+        if call is None:
+            return None
+        if call.cancelled:
+            return GenerationCancelled("cancelled while waiting for memory")
+        at = call.deadline_at
+        if at is not None and time.monotonic() >= at:
+            return TimeoutError(
+                f"generation exceeded its deadline of {call.deadline:g} s while "
+                "waiting for memory (mlx_vlm_safe)"
+            )
+        return None
+
+    return stop
+
+
+def _refusal(need: int, budget: _budget.Budget, why: str, found: Any) -> str:
+    """The words of a ``MemoryError`` from admission (see ``Ledger.admit``)."""
+    if why == "never":
+        what = "it can never fit, even with every generation in flight ended"
+    elif why == "alone":
+        what = "it does not fit even with no other generation running"
+    else:
+        what = f"it did not fit in time ({why} for other generations to end)"
+    return (
+        f"this generation needs about {_mib(need)} "
+        f"(KV cache {_mib(found.kv_cache)} for {found.capacity} positions: "
+        f"{found.prompt_tokens} prompt tokens + max_tokens "
+        f"{found.positions - found.prompt_tokens}; prefill {_mib(found.prefill)}) "
+        f"but only {_mib(budget.room or 0)} is available ({budget.source}, after "
+        f"a {_mib(budget.margin)} margin): {what}; refused before allocating "
+        "(mlx_vlm_safe memory guard)"
+    )
+
+
 def preflight(
     where: dict[str, int],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     max_tokens: object,
 ) -> Preflight | None:
-    """Check the call against the budget; raise ``MemoryError`` if it cannot fit."""
+    """Reserve the call's estimate; raise ``MemoryError`` if it cannot fit.
+
+    The reservation (in the ``Preflight``) must be released when the
+    generation ends; the guard's ``_watch`` does that.
+    """
     budget = _budget.read_budget()
     if budget is None or budget.room is None:
         _notes["budget"] = _budget.describe(budget)
@@ -150,31 +222,47 @@ def preflight(
         f"{arch.model_type}: {arch.kv_bytes_per_position} bytes of KV cache "
         "per position"
     )
-    if found.total > budget.room and _freed_cache():
-        budget = _budget.read_budget() or budget
-    if budget.room is not None and found.total > budget.room:
-        raise MemoryError(
-            f"this generation needs about {_mib(found.total)} "
-            f"(KV cache {_mib(found.kv_cache)} for {found.capacity} positions: "
-            f"{found.prompt_tokens} prompt tokens + max_tokens {max_tokens}; "
-            f"prefill {_mib(found.prefill)}) but only {_mib(budget.room)} "
-            f"is available ({budget.source}, after a {_mib(budget.margin)} margin); "
-            "refused before allocating (mlx_vlm_safe memory guard)"
+    call = current_call()
+    settings = _budget.settings()
+    asked = time.monotonic()
+    try:
+        reservation, waited = ledger.admit(
+            found.total,
+            budget,
+            room=_ROOM,
+            wait=_wait_limit(settings),
+            stop=_stop(call),
+            describe=lambda need, room, why: _refusal(need, room, why, found),
         )
-    return Preflight(budget, found)
+    except BaseException as exc:
+        if call is not None:
+            call.memory_wait += time.monotonic() - asked
+            call.memory_refusals += isinstance(exc, MemoryError)
+        if not isinstance(exc, MemoryError) or isinstance(exc, MemoryRefused):
+            raise
+        if settings.shorten:
+            raise
+        raise MemoryRefused(*exc.args) from None  # no ladder: the caller said so
+    if call is not None:
+        call.memory_wait += waited
+    return Preflight(budget, found, reservation)
 
 
 def _watch(
     stream: Iterator[Any],
     start: Usage,
-    found: _estimate.Estimate | None,
+    checked: Preflight,
     arch: _estimate.Architecture,
+    call: Call | None,
 ) -> Iterator[Any]:
     """Pass items through; check the room every ``CHECK_EVERY`` items.
 
     ``start`` is mlx's memory and the resident size before the release's
     ``stream_generate`` was called (some releases prefill at call time).
+    The call's reservation goes back to the ledger when the stream ends,
+    however it ends; one never started goes back when it is collected.
     """
+    found, reservation = checked.estimate, checked.reservation
     items = 0
     next_check = CHECK_EVERY
     last = start
@@ -189,11 +277,25 @@ def _watch(
                 growth = max(now.mlx - last.mlx, now.resident - last.resident)
                 jump = max(jump, growth)
                 last = now
-                _check(
-                    found=found, arch=arch, items=items, jump=jump, now=now, start=start
-                )
+                try:
+                    _check(
+                        found=found,
+                        arch=arch,
+                        items=items,
+                        jump=jump,
+                        grown=now.mlx - start.mlx,
+                        reservation=reservation,
+                    )
+                except MemoryError as exc:
+                    if call is not None:
+                        call.memory_refusals += 1
+                    if _budget.settings().shorten:
+                        raise
+                    raise MemoryRefused(*exc.args) from None
             yield item
     finally:
+        if reservation is not None:
+            ledger.release(reservation)
         close = getattr(stream, "close", None)
         if close is not None:
             close()
@@ -228,10 +330,24 @@ def _need(
     return ahead * per_position
 
 
-def _room(fresh: _budget.Budget, grown: int) -> int:
-    if fresh.source == "memory_limit":  # a per-generation cap on mlx's memory
-        return fresh.sources["memory_limit"] - grown
-    return fresh.room or 0
+def _held(found: _estimate.Estimate, arch: _estimate.Architecture, items: int) -> int:
+    """What a generation's KV cache holds after ``items`` tokens (bytes)."""
+    step = _estimate.STEP
+    positions = -(-(found.prompt_tokens + items) // step) * step
+    return min(positions * arch.kv_bytes_per_position, found.total)
+
+
+def _room(fresh: _budget.Budget, grown: int, reservation: Reservation | None) -> int:
+    """The room this generation may grow into, the others' growth set aside."""
+    # Not in the ledger (no estimate): every reservation is someone else's.
+    mine = Reservation(0) if reservation is None else reservation
+    others = ledger.room_for(fresh, mine)
+    if fresh.source != "memory_limit":
+        return others
+    # A fixed budget for every generation in flight: what this one holds is
+    # mlx's growth since it started, unless others grew mlx's memory too.
+    alone = ledger.alone(mine)
+    return others - (grown if alone or reservation is None else reservation.held)
 
 
 def _check(
@@ -240,22 +356,25 @@ def _check(
     arch: _estimate.Architecture,
     items: int,
     jump: int,
-    now: Usage,
-    start: Usage,
+    grown: int,
+    reservation: Reservation | None,
 ) -> None:
     fresh = _budget.read_budget()
     if fresh is None or fresh.room is None:
         return
+    if reservation is not None and found is not None:
+        reservation.held = _held(found, arch, items)
     need = _need(found, arch, items, jump, fresh.source == "memory_limit")
-    room = _room(fresh, now.mlx - start.mlx)
+    room = _room(fresh, grown, reservation)
     if need > room and _freed_cache():
         fresh = _budget.read_budget() or fresh
-        room = _room(fresh, now.mlx - start.mlx)
+        room = _room(fresh, grown, reservation)
     if need > room:
         raise MemoryError(
             f"generation stopped after {items} tokens: the next tokens need about "
             f"{_mib(need)} but only {_mib(max(room, 0))} is left ({fresh.source}, "
-            f"after a {_mib(fresh.margin)} margin) (mlx_vlm_safe memory guard)"
+            f"after a {_mib(fresh.margin)} margin, with what the other generations "
+            "in flight will still take set aside) (mlx_vlm_safe memory guard)"
         )
 
 
@@ -274,16 +393,21 @@ def guard_stream(
             checked = preflight(
                 where, args, kwargs, kwargs.get("max_tokens", default_max_tokens)
             )
-        except MemoryError:
-            raise
+        except (MemoryError, TimeoutError, GenerationCancelled):
+            raise  # the guard's own answers: refused, or stopped while waiting
         except Exception:  # the guard must never be why a call fails
             log.warning("memory guard: pre-flight check failed", exc_info=True)
             checked = None
         if checked is None:
             return original(*args, **kwargs)
         start = Usage(_mlx_memory(), _resident() if checked.estimate is None else 0)
-        stream = original(*args, **kwargs)
+        try:
+            stream = original(*args, **kwargs)
+        except BaseException:
+            if checked.reservation is not None:
+                ledger.release(checked.reservation)
+            raise
         arch = _estimate.architecture(_argument("model", where, args, kwargs))
-        return _watch(stream, start, checked.estimate, arch)
+        return _watch(stream, start, checked, arch, current_call())
 
     return guarded
