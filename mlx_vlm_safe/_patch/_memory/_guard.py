@@ -43,7 +43,14 @@ def last_note() -> str | None:
     """One line on the memory guard for ``report()`` (None before any call)."""
     if not _notes:
         return None
-    return "; ".join(f"{k}: {v}" for k, v in _notes.items())
+    books = ledger.snapshot()
+    notes = [f"{k}: {v}" for k, v in _notes.items()]
+    notes.append(
+        f"ledger: {books['in_flight']} in flight, {books['waiting']} waiting, "
+        f"{books['admitted']} admitted, {books['waited']} waited, "
+        f"{books['refused']} refused"
+    )
+    return "; ".join(notes)
 
 
 def _mlx_memory() -> int:
@@ -170,6 +177,24 @@ def _stop(call: Call | None) -> Callable[[], BaseException | None]:
     return stop
 
 
+def _reserve(
+    found: _estimate.Estimate, arch: _estimate.Architecture, budget: _budget.Budget
+) -> int:
+    """What a generation reserves: its estimate, plus its last growth's leftovers.
+
+    Against mlx's own memory (``memory_limit``) the estimate is the peak. Against
+    the system's figures (address space, resident memory) the KV cache's old
+    buffers stay mapped in mlx's cache while the new ones are filled: when the
+    cache grows to its final capacity, the previous capacity is still mapped.
+    The in-flight check (``_need``) models the same, so a call admitted alone
+    is never refused halfway through for a growth its reservation covered.
+    """
+    if budget.source == "memory_limit":
+        return found.total
+    previous = max(found.capacity - _estimate.STEP, 0)
+    return found.total + previous * arch.kv_bytes_per_position
+
+
 def _refusal(need: int, budget: _budget.Budget, why: str, found: Any) -> str:
     """The words of a ``MemoryError`` from admission (see ``Ledger.admit``)."""
     if why == "never":
@@ -227,7 +252,7 @@ def preflight(
     asked = time.monotonic()
     try:
         reservation, waited = ledger.admit(
-            found.total,
+            _reserve(found, arch, budget),
             budget,
             room=_ROOM,
             wait=_wait_limit(settings),
