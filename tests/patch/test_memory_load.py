@@ -266,3 +266,60 @@ def test_capped_with_waiting_off_no_call_dies(
             assert call["tokens"] < release.tokens_for(LOAD_TOKENS), call
         else:
             assert call["tokens"] == release.tokens_for(LOAD_TOKENS), call
+
+
+# ------------------------------------------------- a discrete GPU's budget (CUDA)
+
+
+class _FakeCuda:
+    """mlx's memory figures as mlx-cuda reports them (an H200's, scaled)."""
+
+    def __init__(self, free: int, limit: int, active: int) -> None:
+        self.free, self.limit, self.active = free, limit, active
+
+    def device_info(self) -> dict[str, object]:
+        return {"device_name": "NVIDIA H200", "free_memory": self.free}
+
+    def get_memory_limit(self) -> int:
+        return self.limit
+
+    def get_active_memory(self) -> int:
+        return self.active
+
+
+def test_on_cuda_the_budget_comes_from_the_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlx_vlm_safe._patch import _mlx
+    from mlx_vlm_safe._patch._memory import _budget, _device_room
+
+    assert _device_room.device_room() is None  # this machine: the host's memory
+    fake = _FakeCuda(free=4 * 2**30, limit=136 * 10**9, active=2 * 2**30)
+    monkeypatch.setattr(_mlx, "device", lambda: "cuda")
+    monkeypatch.setattr(_mlx, "core", lambda: fake)
+    budget = _budget.read_budget()
+    assert budget is not None
+    assert set(budget.sources) == {"gpu_free", "mlx_limit"}  # no host figures
+    assert budget.source == "gpu_free"  # 4 GiB free beats mlx's 134 GB
+    assert budget.sources["mlx_limit"] == 136 * 10**9 - 2 * 2**30
+    fake.free = 200 * 10**9  # the device has room; mlx's own limit is tighter
+    budget = _budget.read_budget()
+    assert budget is not None
+    assert budget.source == "mlx_limit"
+
+
+def test_an_allocation_failure_in_mlx_becomes_a_memory_error(
+    tiny: Tiny, mlx_vlm: Any
+) -> None:
+    from mlx_vlm_safe.testing import plant_fault
+
+    mlx_vlm_safe.configure(memory_limit="1GiB")
+    oom = RuntimeError("[cudaMallocAsync] out of memory: requested 12 GB")
+    with (
+        plant_fault(oom, after_tokens=3),
+        mlx_vlm_safe.retries_disabled(),
+        pytest.raises(MemoryError, match="could not allocate") as caught,
+    ):
+        tiny.call(mlx_vlm.generate, max_tokens=TOKENS)
+    assert caught.value.__cause__ is oom
+    assert _reserved() == 0

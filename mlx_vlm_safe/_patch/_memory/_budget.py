@@ -27,6 +27,8 @@ import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from ._device_room import device_room
+
 __all__ = [  # noqa: RUF022 - grouped: settings, then the budget
     "MEMORY_SETTINGS", "Settings", "parse_size", "reset_memory", "settings",
     "updated", "use", "Budget", "read_budget",
@@ -359,7 +361,8 @@ def read_budget(current: Settings | None = None) -> Budget | None:
     current = current or settings()
     if current.limit == "off":
         return None
-    rooms = system_room()
+    # On a discrete GPU the device is the room; elsewhere the process's own.
+    rooms = device_room() or system_room()
     if isinstance(current.limit, int):
         rooms["memory_limit"] = current.limit
     if not rooms:

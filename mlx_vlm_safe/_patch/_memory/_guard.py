@@ -28,6 +28,7 @@ from ..._retry import get_policy
 from .. import _mlx
 from .._calls import Call, GenerationCancelled, current_call
 from . import _budget, _estimate
+from ._device_room import CUDA_ALLOWANCE
 from ._ledger import MemoryRefused, Reservation, Room, ledger, trim_heap
 
 __all__ = ["CHECK_EVERY", "guard_stream", "last_note"]
@@ -189,6 +190,8 @@ def _reserve(
     The in-flight check (``_need``) models the same, so a call admitted alone
     is never refused halfway through for a growth its reservation covered.
     """
+    if budget.source in ("gpu_free", "mlx_limit"):  # CUDA: see _device_room
+        return int(found.total * CUDA_ALLOWANCE)
     if budget.source == "memory_limit":
         return found.total
     previous = max(found.capacity - _estimate.STEP, 0)
@@ -293,7 +296,7 @@ def _watch(
     last = start
     jump = 0
     try:
-        for item in stream:
+        for item in _allocation_failures_as_memory_errors(stream):
             items += 1
             if items >= next_check:
                 next_check += CHECK_EVERY
@@ -324,6 +327,37 @@ def _watch(
         close = getattr(stream, "close", None)
         if close is not None:
             close()
+
+
+#: Budget sources that count mlx's own allocations (not the process's mapped
+#: memory): growth there is the KV cache's new capacity, not its old one too.
+MLX_FIGURES = frozenset({"memory_limit", "gpu_free", "mlx_limit"})
+#: How mlx words an allocation that failed (CUDA, Metal), lower case.
+ALLOCATION_FAILED = (
+    "out of memory",
+    "cudamalloc",
+    "[metal::malloc]",
+    "attempting to allocate",
+)
+
+
+def _allocation_failures_as_memory_errors(stream: Iterator[Any]) -> Iterator[Any]:
+    """``stream``, with mlx's out-of-memory ``RuntimeError`` as ``MemoryError``.
+
+    On CUDA and Metal mlx reports a failed allocation as a ``RuntimeError``
+    (``cudaMallocAsync ... out of memory``); the process lives on, and the
+    caller should see what the guard's own refusals look like: a
+    ``MemoryError`` (the original chained as its cause).
+    """
+    try:
+        yield from stream
+    except RuntimeError as exc:
+        text = str(exc).lower()
+        if any(marker in text for marker in ALLOCATION_FAILED):
+            raise MemoryError(
+                f"mlx could not allocate: {exc} (mlx_vlm_safe memory guard)"
+            ) from exc
+        raise
 
 
 def _need(
@@ -389,7 +423,7 @@ def _check(
         return
     if reservation is not None and found is not None:
         reservation.held = _held(found, arch, items)
-    need = _need(found, arch, items, jump, fresh.source == "memory_limit")
+    need = _need(found, arch, items, jump, fresh.source in MLX_FIGURES)
     room = _room(fresh, grown, reservation)
     if need > room and _freed_cache():
         fresh = _budget.read_budget() or fresh
