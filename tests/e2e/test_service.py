@@ -92,11 +92,15 @@ def png(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 @contextlib.contextmanager
-def _serving(workdir: pathlib.Path, release: Expected) -> Iterator[Service]:
+def _serving(
+    workdir: pathlib.Path, release: Expected, **settings: str
+) -> Iterator[Service]:
+    """The vision app under ``mlx-vlm-safe run``, with ``settings`` in its env."""
     checkpoint = build_tiny_checkpoint(workdir / "checkpoint")
     port = _free_port()
     env = {
         **os.environ,
+        **settings,
         "VISION_APP_MODEL": str(checkpoint),
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(
