@@ -124,10 +124,10 @@ def test_a_shortened_answer_is_marked(
 
 
 def test_waiting_off_refuses_instead_of_queueing(
-    tiny: Tiny, mlx_vlm: Any, release: Expected
+    tiny: Tiny, mlx_vlm: Any, exports: Any
 ) -> None:
     mlx_vlm_safe.configure(memory_limit=_one_fits(tiny), memory_wait=0)
-    stream = iter(tiny.stream(mlx_vlm.stream_generate, max_tokens=TOKENS))
+    stream = iter(tiny.stream(exports.stream_generate, max_tokens=TOKENS))
     next(stream)  # admitted and holding its reservation
     with pytest.raises(MemoryRefused, match="did not fit in time"):
         tiny.call(mlx_vlm.generate, max_tokens=TOKENS)
@@ -138,10 +138,10 @@ def test_waiting_off_refuses_instead_of_queueing(
 
 @pytest.mark.parametrize("how", ["closed", "dropped"])
 def test_a_stream_ended_early_gives_its_reservation_back(
-    tiny: Tiny, mlx_vlm: Any, release: Expected, how: str
+    tiny: Tiny, mlx_vlm: Any, exports: Any, release: Expected, how: str
 ) -> None:
     mlx_vlm_safe.configure(memory_limit=_one_fits(tiny), memory_wait=0)
-    stream = iter(tiny.stream(mlx_vlm.stream_generate, max_tokens=TOKENS))
+    stream = iter(tiny.stream(exports.stream_generate, max_tokens=TOKENS))
     items = [next(stream) for _ in range(3)]
     assert len(items) == 3
     assert _reserved() > 0
