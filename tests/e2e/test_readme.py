@@ -99,6 +99,31 @@ def test_a_generated_block_is_found_on_one_page_only(tmp_path: pathlib.Path) -> 
         doc_pages.README, doc_pages.DOCS = old
 
 
+_BENCH = re.compile(
+    r"<!-- bench-overhead: (?P<version>\S+) -->\n```text\n(?P<body>.*?)\n```\n"
+    r"<!-- /bench-overhead -->",
+    re.S,
+)
+
+
+def test_the_cost_figures_are_the_benchmarks_own_output() -> None:
+    """docs/costs.md prints what ``bench_overhead.py --write`` put there.
+
+    The figures vary from run to run, so they are not compared; what is
+    checked is that each block is a whole report of the release it is filed
+    under, not a hand-edited paste.
+    """
+    text = (ROOT / "docs" / "costs.md").read_text(encoding="utf-8")
+    blocks = {m["version"]: m["body"] for m in _BENCH.finditer(text)}
+    assert text.count("<!-- bench-overhead: ") == len(blocks), "an empty block"
+    assert {"0.3.5", "0.7.10"} <= set(blocks), blocks.keys()
+    for version, body in blocks.items():
+        assert body.startswith(f"overhead benchmark: mlx-vlm {version}, "), version
+        for section in ("\n1. end to end", "\n2. per call", "\n3. import", "\n4. "):
+            assert section in body, (version, section)
+        assert "\nmisses: " in body, version
+
+
 def _samples_tool() -> Any:
     path = ROOT / "tools" / "readme_samples.py"
     spec = importlib.util.spec_from_file_location("_readme_samples", path)
