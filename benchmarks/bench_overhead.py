@@ -478,6 +478,10 @@ def _run(args: argparse.Namespace) -> int:
     import_cost(args.imports)
     apply_cost(31)
     print(f"\nmisses: {', '.join(MISSES) if MISSES else 'none'}")
+    # The load at the start says little about a run of several minutes on a
+    # shared machine: the end's is printed too.
+    if hasattr(os, "getloadavg"):
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 
