@@ -151,7 +151,12 @@ def entry(name: str, obj: Any) -> list[str]:
     if not doc:
         raise ValueError(f"public name {name!r} has no docstring")
     lines = [f"### `{name}`", "", f"*{_kind(obj)}*", ""]
-    if not (inspect.isclass(obj) and issubclass(obj, BaseException)):
+    # An exception's and a protocol's signature say nothing (``*args,
+    # **kwargs``) and vary between Python versions: their docstring and
+    # members are the reference.
+    if _kind(obj) != "protocol" and not (
+        inspect.isclass(obj) and issubclass(obj, BaseException)
+    ):
         lines += ["```text", signature(obj, name), "```", ""]
     lines += [doc, ""]
     if inspect.isclass(obj):
