@@ -109,9 +109,42 @@ def signature(obj: Callable[..., Any], name: str) -> str:
     return result
 
 
+_SECTION = re.compile(r"^(Args|Arguments|Attributes|Raises|Returns|Yields):$")
+
+
 def _doc(obj: Any) -> str:
-    """The docstring as Markdown: reST's double backticks become single ones."""
-    return (inspect.getdoc(obj) or "").replace("``", "`").strip()
+    """The docstring as Markdown.
+
+    reST's double backticks and roles (``:func:`x```) become plain code
+    spans, and the indented body of a Google-style section (``Args:``,
+    ``Raises:`` ...) becomes a text block, which Markdown would otherwise run
+    together into one paragraph.
+    """
+    text = (inspect.getdoc(obj) or "").replace("``", "`").strip()
+    text = re.sub(r":\w+:`", "`", text)
+    out: list[str] = []
+    in_section = False
+    for line in text.splitlines():
+        if in_section and line and not line.startswith(" "):
+            _close(out)
+            in_section = False
+        if not in_section and _SECTION.match(line):
+            if out and out[-1]:
+                out.append("")
+            out += [f"**{line}**", "", "```text"]
+            in_section = True
+            continue
+        out.append(line[4:] if in_section else line)
+    if in_section:
+        _close(out)
+    return "\n".join(out).strip()
+
+
+def _close(out: list[str]) -> None:
+    """End a section's text block: no blank lines inside, one after."""
+    while out and not out[-1]:
+        out.pop()
+    out += ["```", ""]
 
 
 def _kind(obj: Any) -> str:
