@@ -99,6 +99,60 @@ def test_a_generated_block_is_found_on_one_page_only(tmp_path: pathlib.Path) -> 
         doc_pages.README, doc_pages.DOCS = old
 
 
+# ------------------------------------------------ the README is a reference
+
+#: The README's top-level sections, in this order: set-up first, then the
+#: contents, then what a user needs; the depth lives in docs/*.md.
+SECTIONS = ["Set-up: two commands", "Contents", "What it fixes", "Usage"]
+SECTIONS += ["Configuration", "FAQ"]
+#: A guideline more than a cap: past it, move depth into docs/.
+README_LINES = 400
+
+
+def test_the_readme_is_a_short_reference_in_its_order() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert re.findall(r"^## (.+)$", text, re.M) == SECTIONS
+    lines = text.count("\n")
+    assert lines <= README_LINES, f"README.md has {lines} lines: move depth to docs/"
+    assert text.index("<!-- test-command -->") < text.index("## Contents")
+
+
+def test_the_contents_link_every_docs_page() -> None:
+    """A page the contents do not name is a page nobody finds."""
+    text = README.read_text(encoding="utf-8")
+    contents = text[text.index("## Contents") : text.index("## What it fixes")]
+    for page in pages()[1:]:
+        assert f"(docs/{page.name})" in contents, page.name
+
+
+def _configuration_table() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text[text.index("## Configuration") : text.index("## FAQ")]
+
+
+def test_the_configuration_table_has_every_setting() -> None:
+    """Every ``configure()`` name and every environment variable has a row."""
+    import mlx_vlm_safe
+
+    with pytest.raises(TypeError, match="known: ") as info:
+        mlx_vlm_safe.configure(no_such_setting=1)
+    known = str(info.value).split("known: ", 1)[1].split(", ")
+    rows = [ln for ln in _configuration_table().splitlines() if ln.startswith("| ")]
+    names = {ln.split("|")[1].strip().strip("`") for ln in rows}
+    assert set(known) <= names, sorted(set(known) - names)
+    source = "\n".join(
+        p.read_text(encoding="utf-8") for p in (ROOT / "mlx_vlm_safe").rglob("*.py")
+    )
+    variables = set(re.findall(r"MLX_VLM_SAFE_[A-Z_]*[A-Z]\b", source))
+    retry = ROOT / "mlx_vlm_safe" / "_retry" / "_policy.py"
+    suffixes = re.findall(r'^\s+"([A-Z_]+)": \("', retry.read_text(), re.M)
+    assert suffixes, "the retry variables are no longer found where expected"
+    variables |= {f"MLX_VLM_SAFE_RETRY_{suffix}" for suffix in suffixes}
+    table = _configuration_table()
+    missing = sorted(v for v in variables if f"`{v}`" not in table)
+    assert not missing, f"README's Configuration table lacks {missing}"
+
+
 _BENCH = re.compile(
     r"<!-- bench-overhead: (?P<version>\S+) -->\n```text\n(?P<body>.*?)\n```\n"
     r"<!-- /bench-overhead -->",
