@@ -4,6 +4,7 @@ Run with a venv that has mlx-vlm and mlx (``PYTHONPATH`` pointing at this
 checkout if the package is not installed)::
 
     python benchmarks/bench_overhead.py
+    python benchmarks/bench_overhead.py --write   # and into docs/costs.md
 
 A report, not a test: every figure comes from one run and is printed next to
 its floor; a miss is marked ``MISS`` and listed at the end, and the exit code
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import io
 import os
 import platform
 import re
@@ -45,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import timeit
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,6 +65,10 @@ from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_pr
 
 REPO = Path(__file__).resolve().parents[1]
 MISSES: list[str] = []
+#: ``--write`` puts the report here, between ``<!-- bench-overhead: VERSION -->``
+#: and ``<!-- /bench-overhead -->`` for the installed mlx-vlm's version, so the
+#: figures the docs print are this script's output, not a paste.
+COSTS_PAGE = REPO / "docs" / "costs.md"
 
 #: Resolved in the release module's globals once the stub's code is swapped in
 #: (see ``stub_stream``); defined here only so the name exists for linters.
@@ -390,11 +397,61 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15, help="per-call rounds")
     parser.add_argument("--imports", type=int, default=21, help="import runs")
     parser.add_argument(
+        "--write",
+        action="store_true",
+        help="also put the report into docs/costs.md, in this release's block",
+    )
+    parser.add_argument(
         "--memory-guard",
         action="store_true",
         help="only the memory guard's cost (1b), guard on / off",
     )
     args = parser.parse_args()
+    if args.write:
+        with _recorded() as report:
+            code = _run(args)
+        write_report(report.getvalue())
+        return code
+    return _run(args)
+
+
+class _Tee(io.StringIO):
+    """Prints as it goes and keeps a copy for ``--write``."""
+
+    def __init__(self, out: Any) -> None:
+        super().__init__()
+        self._out = out
+
+    def write(self, text: str) -> int:
+        self._out.write(text)
+        return super().write(text)
+
+
+@contextmanager
+def _recorded() -> Iterator[io.StringIO]:
+    tee = _Tee(sys.stdout)
+    sys.stdout = tee
+    try:
+        yield tee
+    finally:
+        sys.stdout = tee._out
+
+
+def write_report(report: str) -> None:
+    """Replace this release's block in docs/costs.md with ``report``."""
+    opening = f"<!-- bench-overhead: {mlx_vlm.__version__} -->"
+    text = COSTS_PAGE.read_text(encoding="utf-8")
+    if opening not in text:
+        raise SystemExit(f"{COSTS_PAGE} has no {opening} block to write into")
+    start = text.index(opening) + len(opening)
+    end = text.index("<!-- /bench-overhead -->", start)
+    block = f"\n```text\n{report.strip()}\n```\n"
+    COSTS_PAGE.write_text(text[:start] + block + text[end:], encoding="utf-8")
+    print(f"written into {COSTS_PAGE.relative_to(REPO)}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The benchmarks ``args`` ask for; the report goes to stdout."""
     if mlx_vlm_safe.is_testing():
         print("set_testing() is on: the figures would not be representative")
         return 2
@@ -404,7 +461,8 @@ def main() -> int:
     print(
         f"overhead benchmark: mlx-vlm {mlx_vlm.__version__}, mlx {mx.__version__}, "
         f"Python {platform.python_version()}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {load:.1f}"
+        f"{os.cpu_count()} CPUs, load average {load:.1f}, "
+        f"{time.strftime('%Y-%m-%d')}"
     )
     print("one run; each figure next to its floor\n")
     tiny = load_tiny()
@@ -420,6 +478,10 @@ def main() -> int:
     import_cost(args.imports)
     apply_cost(31)
     print(f"\nmisses: {', '.join(MISSES) if MISSES else 'none'}")
+    # The load at the start says little about a run of several minutes on a
+    # shared machine: the end's is printed too.
+    if hasattr(os, "getloadavg"):
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -18,7 +18,8 @@ from . import _activate
 
 #: Where each public name lives: the one list of the public API. The block
 #: below repeats it for type checkers only (they cannot follow ``__getattr__``);
-#: tests/test_public_api.py checks that the two agree.
+#: tests/test_layout.py checks that the two agree, and docs/api.md is generated
+#: from this list (tools/api_reference.py; tests/test_api_reference.py).
 _PUBLIC = {
     "._patch": (
         "Fix",

@@ -1,11 +1,12 @@
-"""The README's compatibility table and server coverage line, generated.
+"""The compatibility table and the server coverage line, generated.
 
-``python tools/compat_table.py`` prints both; ``--write`` puts them into
-README.md between their markers; ``tests/e2e/test_readme.py`` checks that the
-README holds what this makes. The data: the runtime table
+``python tools/compat_table.py`` prints both; ``--write`` puts each into the
+documentation page that holds its markers (``docs/releases.md`` today; any
+page of ``tools.doc_pages`` will do); ``tests/e2e/test_readme.py`` checks that
+the page holds what this makes. The data: the runtime table
 (``mlx_vlm_safe/_releases.py``), what CI runs (``tools/matrix.py``), and the
 fixes' own specs (``mlx_vlm_safe._patch.FIXES``: the reason ``report()`` and
-``doctor`` show is the one the README shows).
+``doctor`` show is the one the docs show).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if not __package__:  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mlx_vlm_safe._patch import FIXES
+from tools.doc_pages import page_with
 from tools.matrix import (
     CPU_STREAMS_THREAD_BOUND_SINCE,
     EXPECTED,
@@ -30,8 +32,6 @@ from tools.matrix import (
     server_deselected,
 )
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-
 _DASH = "\N{EN DASH}"
 _MARK_OPEN = "<!-- compat-table -->"
 _MARK_CLOSE = "<!-- /compat-table -->"
@@ -43,7 +43,7 @@ def _tested_cell(row: Expected) -> str:
             return (
                 "not tested in CI: `generate()` takes `(image, prompt)` in the "
                 "other order and drives generate_step itself, so the real-model "
-                "suite does not apply; probes and fixes come from the matrix doc"
+                "suite does not apply; its probes and fixes were measured once, by hand"
             )
         return "not tested in CI"
     parts = []
@@ -108,7 +108,7 @@ def _fixes_cell(row: Expected) -> str:
 
 
 def markdown_table() -> str:
-    """The README compatibility table, one line per row of the release table."""
+    """The compatibility table, one line per row of the release table."""
     lines = [
         "| mlx-vlm | layout | `wired_limit` off Metal | empty stream in "
         "`generate()` | generation stream off its thread | output that is not "
@@ -193,7 +193,7 @@ def server_line() -> str:
 
 
 def server_section() -> str:
-    """The README's server coverage paragraph, between its markers."""
+    """The server coverage paragraph, between its markers."""
     return "\n".join([_SERVER_OPEN, server_line(), _SERVER_CLOSE])
 
 
@@ -245,8 +245,12 @@ def replace_readme_section(readme: str) -> str:
 
 def _main() -> None:  # pragma: no cover - a developer's command
     if sys.argv[1:] == ["--write"]:
-        text = replace_readme_section(README.read_text(encoding="utf-8"))
-        README.write_text(replace_server_section(text), encoding="utf-8")
+        for marker, replace in (
+            (_MARK_OPEN, replace_readme_section),
+            (_SERVER_OPEN, replace_server_section),
+        ):
+            page = page_with(marker)
+            page.write_text(replace(page.read_text(encoding="utf-8")), "utf-8")
     else:
         print(readme_section() + "\n\n" + server_section())
 

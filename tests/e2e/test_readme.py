@@ -1,14 +1,17 @@
-"""README.md: generated where it can be, and every Python example runs.
+"""README.md and docs/*.md: generated where they can be, every example runs.
 
 * The compatibility table and the server coverage line are generated from
   the release table (``python tools/compat_table.py --write``).
 * The demo and doctor samples are those commands' output
   (``python tools/readme_samples.py --write``).
-* Every fenced ``python`` block runs in a fresh interpreter against the tiny
-  checkpoint. A block that is not a whole program says so on its first line,
-  visibly: ``# continues ...`` runs after the most recent whole program,
-  ``# test_xxx.py ...`` is written to that file and run with pytest. The test
-  counts each kind and fails on a block it cannot classify or run.
+* Each generated block may sit on any page (``tools.doc_pages``), on exactly
+  one; the tools write it where it is.
+* Every fenced ``python`` block of every page runs in a fresh interpreter
+  against the tiny checkpoint. A block that is not a whole program says so on
+  its first line, visibly: ``# continues ...`` runs after the most recent whole
+  program of the same page, ``# test_xxx.py ...`` is written to that file and
+  run with pytest. The test counts each kind and fails on a block it cannot
+  classify or run.
 """
 
 from __future__ import annotations
@@ -33,16 +36,21 @@ from tools.compat_table import (
     replace_server_section,
     server_section,
 )
+from tools.doc_pages import README, ROOT, page_with, pages
 from tools.matrix import EXPECTED, Expected, Install
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-FIX = "run `python tools/compat_table.py --write` and commit README.md"
+FIX = "run `python tools/compat_table.py --write` and commit the page"
+
+
+def _name(page: pathlib.Path) -> str:
+    return str(page.relative_to(ROOT))
 
 
 def test_readme_compatibility_table_is_up_to_date() -> None:
     """The table and the "Tested in CI" line are exactly what the table makes."""
-    text = README.read_text(encoding="utf-8")
-    assert readme_section() in text, f"README.md's table is out of date: {FIX}"
+    page = page_with("<!-- compat-table -->")
+    text = page.read_text(encoding="utf-8")
+    assert readme_section() in text, f"{_name(page)}'s table is out of date: {FIX}"
     assert replace_readme_section(text) == text, FIX
 
 
@@ -63,14 +71,115 @@ def test_every_range_has_a_row_that_says_what_ci_ran() -> None:
 
 
 def test_readme_server_coverage_is_generated_from_the_table() -> None:
-    """What the README says CI runs of the server is what the noxfile runs."""
-    text = README.read_text(encoding="utf-8")
-    assert server_section() in text, f"README.md's server coverage is stale: {FIX}"
+    """What the docs say CI runs of the server is what the noxfile runs."""
+    page = page_with("<!-- server-coverage -->")
+    text = page.read_text(encoding="utf-8")
+    assert server_section() in text, f"{_name(page)}'s server coverage is stale: {FIX}"
     assert replace_server_section(text) == text, FIX
 
 
+def test_a_generated_block_is_found_on_one_page_only(tmp_path: pathlib.Path) -> None:
+    """Two copies of a generated block would let one go stale unseen."""
+    from tools import doc_pages
+
+    for marker in ("<!-- compat-table -->", "<!-- server-coverage -->"):
+        assert page_with(marker) in pages()
+    with pytest.raises(LookupError, match="no page"):
+        page_with("<!-- no-such-marker -->")
+    copy = tmp_path / "docs"
+    copy.mkdir()
+    (copy / "a.md").write_text("<!-- compat-table -->\n")
+    (copy / "b.md").write_text("<!-- compat-table -->\n")
+    old = doc_pages.README, doc_pages.DOCS
+    doc_pages.README, doc_pages.DOCS = copy / "a.md", copy
+    try:
+        with pytest.raises(LookupError, match="exactly one page"):
+            doc_pages.page_with("<!-- compat-table -->")
+    finally:
+        doc_pages.README, doc_pages.DOCS = old
+
+
+# ------------------------------------------------ the README is a reference
+
+#: The README's top-level sections, in this order: set-up first, then the
+#: contents, then what a user needs; the depth lives in docs/*.md.
+SECTIONS = ["Set-up: two commands", "Contents", "What it fixes", "Usage"]
+SECTIONS += ["Configuration", "FAQ"]
+#: A guideline more than a cap: past it, move depth into docs/.
+README_LINES = 400
+
+
+def test_the_readme_is_a_short_reference_in_its_order() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert re.findall(r"^## (.+)$", text, re.M) == SECTIONS
+    lines = text.count("\n")
+    assert lines <= README_LINES, f"README.md has {lines} lines: move depth to docs/"
+    assert text.index("<!-- test-command -->") < text.index("## Contents")
+
+
+def test_the_contents_link_every_docs_page() -> None:
+    """A page the contents do not name is a page nobody finds."""
+    text = README.read_text(encoding="utf-8")
+    contents = text[text.index("## Contents") : text.index("## What it fixes")]
+    for page in pages()[1:]:
+        assert f"(docs/{page.name})" in contents, page.name
+
+
+def _configuration_table() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text[text.index("## Configuration") : text.index("## FAQ")]
+
+
+def test_the_configuration_table_has_every_setting() -> None:
+    """Every ``configure()`` name and every environment variable has a row."""
+    import mlx_vlm_safe
+
+    with pytest.raises(TypeError, match="known: ") as info:
+        mlx_vlm_safe.configure(no_such_setting=1)
+    known = str(info.value).split("known: ", 1)[1].split(", ")
+    rows = [ln for ln in _configuration_table().splitlines() if ln.startswith("| ")]
+    names = {ln.split("|")[1].strip().strip("`") for ln in rows}
+    assert set(known) <= names, sorted(set(known) - names)
+    source = "\n".join(
+        p.read_text(encoding="utf-8") for p in (ROOT / "mlx_vlm_safe").rglob("*.py")
+    )
+    variables = set(re.findall(r"MLX_VLM_SAFE_[A-Z_]*[A-Z]\b", source))
+    retry = ROOT / "mlx_vlm_safe" / "_retry" / "_policy.py"
+    suffixes = re.findall(r'^\s+"([A-Z_]+)": \("', retry.read_text(), re.M)
+    assert suffixes, "the retry variables are no longer found where expected"
+    variables |= {f"MLX_VLM_SAFE_RETRY_{suffix}" for suffix in suffixes}
+    table = _configuration_table()
+    missing = sorted(v for v in variables if f"`{v}`" not in table)
+    assert not missing, f"README's Configuration table lacks {missing}"
+
+
+_BENCH = re.compile(
+    r"<!-- bench-overhead: (?P<version>\S+) -->\n```text\n(?P<body>.*?)\n```\n"
+    r"<!-- /bench-overhead -->",
+    re.S,
+)
+
+
+def test_the_cost_figures_are_the_benchmarks_own_output() -> None:
+    """docs/costs.md prints what ``bench_overhead.py --write`` put there.
+
+    The figures vary from run to run, so they are not compared; what is
+    checked is that each block is a whole report of the release it is filed
+    under, not a hand-edited paste.
+    """
+    text = (ROOT / "docs" / "costs.md").read_text(encoding="utf-8")
+    blocks = {m["version"]: m["body"] for m in _BENCH.finditer(text)}
+    assert text.count("<!-- bench-overhead: ") == len(blocks), "an empty block"
+    assert {"0.3.5", "0.7.10"} <= set(blocks), blocks.keys()
+    for version, body in blocks.items():
+        assert body.startswith(f"overhead benchmark: mlx-vlm {version}, "), version
+        for section in ("\n1. end to end", "\n2. per call", "\n3. import", "\n4. "):
+            assert section in body, (version, section)
+        assert "\nmisses: " in body, version
+
+
 def _samples_tool() -> Any:
-    path = README.parent / "tools" / "readme_samples.py"
+    path = ROOT / "tools" / "readme_samples.py"
     spec = importlib.util.spec_from_file_location("_readme_samples", path)
     assert spec is not None
     assert spec.loader is not None
@@ -96,8 +205,10 @@ def test_readme_samples_are_what_the_commands_print(
     Regenerate with ``python tools/readme_samples.py --write``.
     """
     tool = _samples_tool()
-    in_readme = tool.samples_in(README.read_text(encoding="utf-8"))
-    assert set(in_readme) == set(tool.COMMANDS)
+    on_pages = tool.samples_on_pages()
+    assert set(on_pages) == set(tool.COMMANDS)
+    assert all(len(copies) == 1 for copies in on_pages.values()), on_pages.keys()
+    in_readme = {name: copies[0][1] for name, copies in on_pages.items()}
     exact = (
         mlx_vlm.__version__ == tool.RELEASE
         and install.name == "upstream"
@@ -111,7 +222,7 @@ def test_readme_samples_are_what_the_commands_print(
                 ln for ln in in_readme[name].splitlines() if not _FLOATING.match(ln)
             ]
             assert mine == theirs, (
-                f"README's {name} sample is stale: run `python "
+                f"{_name(on_pages[name][0][0])}'s {name} sample is stale: run `python "
                 f"tools/readme_samples.py --write`\n{made}"
             )
         else:  # the same shape: the first word of each unindented line
@@ -137,7 +248,7 @@ PYTEST_FILE = re.compile(r"^# (test_\w+\.py)\b")
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One README python block, as the suite runs it."""
+    """One python block of a documentation page, as the suite runs it."""
 
     line: int
     kind: str  # "program", "continuation" or "pytest"
@@ -171,10 +282,10 @@ def examples(readme: str) -> list[Example]:
         if pytest_file:
             found.append(Example(line, "pytest", code, pytest_file[1]))
         elif first.startswith(CONTINUES):
-            assert continues, f"README line {line}: say which example: {first!r}"
+            assert continues, f"line {line}: say which example: {first!r}"
             name = continues["name"]
             base = [c for h, c in programs if name is None or name in h]
-            assert base, f"README line {line}: no {name or 'earlier'} example"
+            assert base, f"line {line}: no {name or 'earlier'} example"
             found.append(Example(line, "continuation", base[-1] + "\n" + code))
         else:
             programs.append((heading, code))
@@ -188,7 +299,7 @@ def run_example(
     """Run one example in a fresh interpreter, against the tiny checkpoint."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_VLM_SAFE_")}
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(README.parent), env.get("PYTHONPATH")) if p
+        p for p in (str(ROOT), env.get("PYTHONPATH")) if p
     )
     env["MLX_VLM_SAFE_CACHE"] = str(workdir / "cache")
     if example.kind == "pytest":
@@ -199,9 +310,7 @@ def run_example(
         args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", example.filename]
         if not plugin:  # a PYTHONPATH checkout: load the plugin by its module
             args[1:1] = ["-p", "_mlx_vlm_safe_pytest"]
-            env["PYTHONPATH"] += os.pathsep + str(
-                README.parent / "mlx_vlm_safe" / "_bootstrap"
-            )
+            env["PYTHONPATH"] += os.pathsep + str(ROOT / "mlx_vlm_safe" / "_bootstrap")
         argv = [sys.executable, *args]
     else:
         argv = [sys.executable, "-c", example.code]
@@ -216,12 +325,23 @@ def run_example(
     )
 
 
-def test_every_python_block_is_classified() -> None:
-    text = README.read_text(encoding="utf-8")
+def test_the_pages_are_readme_and_docs() -> None:
+    """The set the suite runs is README.md and every docs/*.md, nothing less."""
+    found = pages()
+    assert found[0] == README
+    assert set(found[1:]) == set((ROOT / "docs").glob("*.md"))
+    assert len(found) > 1, "no docs/*.md: the examples there would go unchecked"
+
+
+@pytest.mark.parametrize("page", pages(), ids=_name)
+def test_every_python_block_is_classified(page: pathlib.Path) -> None:
+    text = page.read_text(encoding="utf-8")
     fences = len(re.findall(r"^ *```python *$", text, re.M))
-    found = examples(text)
-    assert len(found) == fences  # nothing is left out
-    kinds = [e.kind for e in found]
+    assert len(examples(text)) == fences  # nothing is left out
+
+
+def test_the_pages_hold_every_kind_of_example() -> None:
+    kinds = [e.kind for p in pages() for e in examples(p.read_text("utf-8"))]
     assert kinds.count("program") >= 2, kinds
     assert {"program", "continuation", "pytest"} <= set(kinds), kinds
 
@@ -237,17 +357,18 @@ def test_every_readme_python_example_runs_as_written(
             f"the examples are written for 0.3+; this release returns {release.shape}"
         )
     failures, counts = [], {"program": 0, "continuation": 0, "pytest": 0}
-    for example in examples(README.read_text(encoding="utf-8")):
-        workdir = tmp_path / f"line-{example.line}"
-        workdir.mkdir()
-        proc = run_example(example, workdir)
-        counts[example.kind] += 1
-        if proc.returncode != 0:
-            failures.append(
-                f"README.md line {example.line} ({example.kind}) exited "
-                f"{proc.returncode}:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
-            )
-    print(f"README examples run: {counts}")
+    for page in pages():
+        for example in examples(page.read_text(encoding="utf-8")):
+            workdir = tmp_path / f"{page.stem}-line-{example.line}"
+            workdir.mkdir()
+            proc = run_example(example, workdir)
+            counts[example.kind] += 1
+            if proc.returncode != 0:
+                failures.append(
+                    f"{_name(page)} line {example.line} ({example.kind}) exited "
+                    f"{proc.returncode}:\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}"
+                )
+    print(f"examples run (README.md and docs/*.md): {counts}")
     assert not failures, "\n\n".join(failures)
 
 
