@@ -46,7 +46,13 @@ def main() -> None:  # noqa: PLR0915 - one flat script, steps read in order
 
     patched = mlx_vlm_safe.is_patched()
     if patched:
-        settings: dict[str, object] = {"wait_base": 0.0, "wait_max": 0.0}
+        # A generous wait: how long the last of the queue waits depends on
+        # how busy the machine is, and the wait limit is not what is tested.
+        settings: dict[str, object] = {
+            "wait_base": 0.0,
+            "wait_max": 0.0,
+            "memory_wait": 900,
+        }
         if mode == "nowait":
             settings["memory_wait"] = 0
         elif mode == "noshorten":
@@ -76,8 +82,8 @@ def main() -> None:  # noqa: PLR0915 - one flat script, steps read in order
                     [a.number, dict(a.changes), a.error_type]
                     for a in mlx_vlm_safe.last_attempts()
                 ]
-        except MemoryError as exc:
-            line["error"] = f"MemoryError: {str(exc)[:160]}"
+        except Exception as exc:  # reported, never a dead worker and a hung barrier
+            line["error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
         line["seconds"] = round(time.monotonic() - started, 2)
         if round_ != "warm":
             with lock:
