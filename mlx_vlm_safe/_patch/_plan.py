@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ._fixes import Context, FixSpec, Methods
 from ._fixes._detokenizer import PRIVATE_DETOKENIZER
@@ -19,7 +20,6 @@ from ._fixes._utf8 import REPLACE_INVALID_UTF8
 from ._fixes._wired_limit import GENERATE_OFF_METAL, PROPAGATE_ERRORS
 from ._locate import Located
 from ._probes import Findings, run_probes
-from ._registry import Replacement
 from ._retry_wiring import runners
 
 FIXES: tuple[FixSpec, ...] = (
@@ -38,6 +38,17 @@ REASONS = {spec.name: spec.reason for spec in FIXES}
 FIX_PROBES = tuple(
     dict.fromkeys(spec.probe for spec in FIXES if spec.probe is not None)
 )
+
+
+class Replacement(NamedTuple):
+    """One original object and what replaces it, for which fix."""
+
+    original: object
+    replacement: object
+    fix: str
+    #: Classes whose attributes hold ``original`` (a method replaced in place),
+    #: swept beside the loaded modules.
+    owners: tuple[type, ...] = ()
 
 
 def examine(located: Located) -> Findings:
