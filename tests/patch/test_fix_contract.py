@@ -68,7 +68,9 @@ SYMPTOMS: dict[str, Callable[[Subject], None]] = {
     "never_empty_stream": lambda s: check_empty_stream_gives_an_empty_result(
         s.tiny, s.mlx_vlm
     ),
-    "observed_stream": lambda s: check_stream_end_is_recorded(s.tiny, s.exports),
+    "observed_stream": lambda s: check_stream_end_is_recorded(
+        s.tiny, s.exports, s.release
+    ),
     "none_safe_generate": lambda s: check_generate_retries_a_failure_mid_answer(
         s.tiny, s.mlx_vlm
     ),
