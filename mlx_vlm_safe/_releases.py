@@ -14,6 +14,7 @@ repository and not in the wheel.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,17 +25,13 @@ class Release:
     last: str
     #: Where generate() lives: "utils", "module" or "package".
     layout: str
-    #: The ``wired_limit`` probe's verdict off Metal.
-    wired_limit: str
-    #: The ``empty_stream`` probe's verdict.
-    empty_stream: str
-    #: What generate() returns: "str", "tuple" or "result".
-    shape: str
+    #: What each probe finds in this range off Metal: probe name -> verdict
+    #: (``report().probe(name)``). The fixes applied follow from these and
+    #: the fixes' ``when`` (``_patch.FIXES``); the ``thread_stream`` verdict
+    #: depends on mlx as well, so it is not here (see ``stream``).
+    verdicts: Mapping[str, str] = dataclasses.field(hash=False)
     #: What was broken, in a sentence.
     broken: str
-    #: The fixes applied (before the thread and detokenizer fixes, which
-    #: depend on mlx and on ``detokenizer``).
-    fixes: tuple[str, ...]
     #: How ``mlx_vlm.server`` binds generate: "absent", "V1", "V2", "V2+RG",
     #: "V3+RG".
     server: str = "absent"
@@ -42,12 +39,6 @@ class Release:
     #: at import: bound to the importing thread where mlx binds streams) or
     #: "thread_local" (works on any thread).
     stream: str = "none"
-    #: stream_generate's detokenizer: "shared" (the processor's, up to 0.4.4)
-    #: or "per_call" (0.5.0+); the ``detokenizer`` probe's verdict.
-    detokenizer: str = "shared"
-    #: The byte-level BPE detokenizer on invalid UTF-8: "strict" (raises, up
-    #: to 0.6.8) or "replaces"; the ``utf8_decode`` probe's verdict.
-    utf8: str = "strict"
 
     def contains(self, version: str) -> bool:
         """Whether ``version`` falls in this range (inclusive)."""
@@ -56,100 +47,148 @@ class Release:
         return Version(self.first) <= Version(version) <= Version(self.last)
 
 
-_GENERIC = ("observed_stream", "none_safe_generate")
-_UTF8 = "replace_invalid_utf8"
 _UTF8_BROKEN = "model output that is not valid UTF-8 raises UnicodeDecodeError"
 
 # fmt: off
 RELEASES: tuple[Release, ...] = (
     Release(
-        "0.1.0", "0.1.6", "utils", "absent", "inconclusive", "str",
+        "0.1.0", "0.1.6", "utils",
+        {
+            "wired_limit": "absent",
+            "empty_stream": "inconclusive",
+            "result_shape": "str",
+            "detokenizer": "shared",
+            "utf8_decode": "strict",
+        },
         "max_tokens=0 raises UnboundLocalError; generate() bypasses the stream; "
         f"{_UTF8_BROKEN}",
-        ("never_empty_stream", "none_safe_generate", _UTF8),
     ),
     Release(
-        "0.1.7", "0.1.21", "utils", "absent", "guarded", "str",
+        "0.1.7", "0.1.21", "utils",
+        {
+            "wired_limit": "absent",
+            "empty_stream": "guarded",
+            "result_shape": "str",
+            "detokenizer": "shared",
+            "utf8_decode": "strict",
+        },
         f"verbose=True with empty text returns None; {_UTF8_BROKEN}",
-        (*_GENERIC, _UTF8),
     ),
     Release(
-        "0.1.22", "0.1.25", "utils", "fails_on_entry", "guarded", "str",
+        "0.1.22", "0.1.25", "utils",
+        {
+            "wired_limit": "fails_on_entry",
+            "empty_stream": "guarded",
+            "result_shape": "str",
+            "detokenizer": "shared",
+            "utf8_decode": "strict",
+        },
         "every generation fails on entry off Metal (wired_limit calls "
         "device_info); verbose=True with empty text returns None; "
         f"{_UTF8_BROKEN}",
-        ("generate_off_metal", *_GENERIC, _UTF8),
         stream="import",
     ),
     Release(
-        "0.1.26", "0.2.0", "utils", "fails_on_entry", "unguarded", "tuple",
+        "0.1.26", "0.2.0", "utils",
+        {
+            "wired_limit": "fails_on_entry",
+            "empty_stream": "unguarded",
+            "result_shape": "tuple",
+            "detokenizer": "shared",
+            "utf8_decode": "strict",
+        },
         "every generation fails on entry off Metal; returns a (text, stats) "
         "tuple, or None with verbose=True and empty text; "
         f"{_UTF8_BROKEN}",
-        ("generate_off_metal", "never_empty_stream", "none_safe_generate", _UTF8),
         server="V1",
         stream="import",
     ),
     Release(
-        "0.3.0", "0.3.1", "module", "fails_on_entry", "unguarded", "result",
+        "0.3.0", "0.3.1", "module",
+        {
+            "wired_limit": "fails_on_entry",
+            "empty_stream": "unguarded",
+            "result_shape": "result",
+            "detokenizer": "shared",
+            "utf8_decode": "strict",
+        },
         "every generation fails on entry off Metal; an empty stream raises "
         f"AttributeError 'NoneType' ... 'token'; {_UTF8_BROKEN}",
-        ("generate_off_metal", "never_empty_stream", "none_safe_generate", _UTF8),
         server="V2",
         stream="import",
     ),
     Release(
-        "0.3.2", "0.3.10", "module", "swallows", "unguarded", "result",
+        "0.3.2", "0.3.10", "module",
+        {
+            "wired_limit": "swallows",
+            "empty_stream": "unguarded",
+            "result_shape": "result",
+            "detokenizer": "shared",
+            "utf8_decode": "strict",
+        },
         "wired_limit swallows every exception off Metal (also Ctrl-C): "
         "AttributeError 'NoneType' ... 'token', cut answers, silent empty "
         f"results; {_UTF8_BROKEN}",
-        ("propagate_errors", "never_empty_stream", "none_safe_generate", _UTF8),
         server="V2",
         stream="import",
     ),
     Release(
-        "0.3.11", "0.4.4", "module", "propagates", "unguarded", "result",
+        "0.3.11", "0.4.4", "module",
+        {
+            "wired_limit": "propagates",
+            "empty_stream": "unguarded",
+            "result_shape": "result",
+            "detokenizer": "shared",
+            "utf8_decode": "strict",
+        },
         f"generate() dereferences the last stream item unguarded; {_UTF8_BROKEN}",
-        ("never_empty_stream", "none_safe_generate", _UTF8),
         server="V2",
         stream="import",
     ),
     Release(
-        "0.5.0", "0.5.0", "module", "propagates", "unguarded", "result",
+        "0.5.0", "0.5.0", "module",
+        {
+            "wired_limit": "propagates",
+            "empty_stream": "unguarded",
+            "result_shape": "result",
+            "detokenizer": "per_call",
+            "utf8_decode": "strict",
+        },
         f"generate() dereferences the last stream item unguarded; {_UTF8_BROKEN}",
-        ("never_empty_stream", "none_safe_generate", _UTF8),
         server="V2",
         stream="thread_local",
-        detokenizer="per_call",
     ),
     Release(
-        "0.6.0", "0.6.8", "package", "propagates", "guarded", "result",
+        "0.6.0", "0.6.8", "package",
+        {
+            "wired_limit": "propagates",
+            "empty_stream": "guarded",
+            "result_shape": "result",
+            "detokenizer": "per_call",
+            "utf8_decode": "strict",
+        },
         _UTF8_BROKEN,
-        (*_GENERIC, _UTF8),
         server="V3+RG",
         stream="thread_local",
-        detokenizer="per_call",
     ),
     Release(
-        "0.6.9", "0.7.10", "package", "propagates", "guarded", "result",
+        "0.6.9", "0.7.10", "package",
+        {
+            "wired_limit": "propagates",
+            "empty_stream": "guarded",
+            "result_shape": "result",
+            "detokenizer": "per_call",
+            "utf8_decode": "replaces",
+        },
         "nothing known on the generate() path",
-        _GENERIC,
         server="V3+RG",
         stream="thread_local",
-        detokenizer="per_call",
-        utf8="replaces",
     ),
 )
 # fmt: on
 
 #: The newest release the table knows.
 KNOWN_NEWEST = RELEASES[-1].last
-#: The first release whose generate() guards against an empty stream.
-FIXED_UPSTREAM_IN = "0.6.0"
-#: The first release whose wired_limit lets exceptions through off Metal.
-WIRED_LIMIT_FIXED_IN = "0.3.11"
-#: The first release whose detokenizer survives output that is not UTF-8.
-UTF8_FIXED_IN = "0.6.9"
 
 
 def release_for(version: str | None) -> Release | None:

@@ -218,3 +218,65 @@ def test_the_start_up_hook_spells_booleans_as_the_package_does() -> None:
     boot = importlib.import_module("mlx_vlm_safe._bootstrap._mlx_vlm_safe_autopatch")
     assert (boot.TRUE, boot.FALSE) == (_env._TRUE, _env._FALSE)
     assert boot.VARIABLE == _env.AUTOPATCH
+
+
+#: The stages of the patch (``mlx_vlm_safe._patch``), earliest first. A module
+#: imports modules of its own stage or of an earlier one, never of a later one:
+#: the data flows locate -> probe -> plan -> install -> report, and what runs
+#: on every call (the wrappers and what they use) is built before the probes
+#: and the fixes, which construct it. A new module must be placed here.
+PATCH_STAGES: tuple[tuple[str, ...], ...] = (
+    ("_mlx", "_report", "_inventory"),  # the mlx handle, the report's values
+    ("_locate",),  # find the release's objects
+    (  # what runs on every call; the fixes and the probes build on it
+        "_results",
+        "_calls",
+        "_behaviour",
+        "_thread_exit",
+        "_memory",
+        "_retry_wiring",
+        "_wrappers",
+    ),
+    ("_probes",),  # the generate path's probes, and the runner of every probe
+    ("_fixes",),  # one module per fix: its probe, FixSpec, builder, layer
+    ("_plan",),  # FIXES + verdicts -> the replacements
+    ("_registry",),  # install and restore them by identity
+    ("_api",),  # patch(), unpatch(), report()
+)
+_PATCH = f"{NAME}._patch"
+
+
+def _stage(module: str) -> int | None:
+    """The stage of a module of ``_patch`` (its face has none: it sees all)."""
+    top = module.removeprefix(_PATCH + ".").split(".")[0]
+    return next((i for i, names in enumerate(PATCH_STAGES) if top in names), None)
+
+
+def _back_edges(graph: dict[str, set[str]]) -> list[str]:
+    """``_patch`` imports that reach into a later stage than the importer's."""
+    wrong = []
+    for module, targets in graph.items():
+        if not module.startswith(_PATCH + ".") or _stage(module) is None:
+            continue
+        for target in targets:
+            if not target.startswith(_PATCH + "."):
+                continue
+            if (_stage(target) or 0) > (_stage(module) or 0):
+                wrong.append(f"{module} -> {target}")
+    return sorted(wrong)
+
+
+def test_every_patch_module_has_a_stage() -> None:
+    unplaced = [m for m in MODULES if m.startswith(_PATCH + ".") and _stage(m) is None]
+    assert unplaced == [], "place these in PATCH_STAGES"
+
+
+def test_the_patch_imports_no_later_stage() -> None:
+    assert _back_edges(GRAPH) == []
+
+
+def test_the_stage_check_sees_a_back_edge() -> None:
+    """The check can fail: a probe importing a fix is a back edge."""
+    probes, fix = f"{_PATCH}._probes", f"{_PATCH}._fixes._wired_limit"
+    graph = {**GRAPH, probes: GRAPH[probes] | {fix}}
+    assert _back_edges(graph) == [f"{probes} -> {fix}"]

@@ -97,14 +97,25 @@ _THREAD_CELLS = {
 }
 
 
+_SHARED = " (older mlx, which shares streams between threads)"
+
+
 def _fixes_cell(row: Expected) -> str:
-    """The fixes where mlx binds streams, and what replaces the thread fix elsewhere."""
-    fixes = ", ".join(row.fixes_on(bound=True)).replace(
-        "thread_local_stream", f"thread_local_stream{_BOUND}, else serialized_steps"
-    )
-    if row.stream == "none":
-        fixes += ", serialized_steps where the default stream is shared_by_threads"
-    return fixes
+    """The fixes applied, each marked where it depends on how mlx binds streams.
+
+    Read from ``FIXES`` for both kinds of mlx, so a new fix shows up here
+    without a line of its own.
+    """
+    bound, shared = row.fixes_on(bound=True), row.fixes_on(bound=False)
+    cells = []
+    for spec in FIXES:
+        if spec.name in bound and spec.name in shared:
+            cells.append(spec.name)
+        elif spec.name in bound:
+            cells.append(f"{spec.name}{_BOUND}")
+        elif spec.name in shared:
+            cells.append(f"{spec.name}{_SHARED}")
+    return ", ".join(cells)
 
 
 def markdown_table() -> str:
@@ -119,10 +130,10 @@ def markdown_table() -> str:
         cells = [
             _range(row),
             row.layout,
-            row.wired_limit,
-            row.empty_stream,
+            row.verdicts["wired_limit"],
+            row.verdicts["empty_stream"],
             _THREAD_CELLS[row.stream],
-            row.utf8,
+            row.verdicts["utf8_decode"],
             row.shape,
             _broken_cell(row).replace("|", "\\|"),
             _fixes_cell(row),
@@ -212,9 +223,14 @@ def fixes_legend() -> str:
             f"`{probe}` is {' or '.join(f'`{v}`' for v in sorted(verdicts))}"
             for probe, verdicts in spec.when.items()
         )
-        where = f" (inside `{spec.rides_on}`)" if spec.rides_on else ""
+        where = " (inside `stream_generate`)" if spec.layer is not None else ""
         cause = f", when {when}" if when else ", always"
-        lines.append(f"- `{spec.name}`{where}{cause}: {spec.reason}.")
+        upstream = (
+            f" (fixed upstream in mlx-vlm {spec.fixed_upstream_in})"
+            if spec.fixed_upstream_in
+            else ""
+        )
+        lines.append(f"- `{spec.name}`{where}{cause}: {spec.reason}{upstream}.")
     return "\n".join(lines)
 
 

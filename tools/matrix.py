@@ -44,6 +44,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mlx_vlm_safe._patch import FIXES  # noqa: E402
 from mlx_vlm_safe._releases import RELEASES, Release  # noqa: E402
 
 #: Every error a variant-A ``wired_limit`` raises on entry off Metal: the
@@ -254,18 +255,29 @@ class Expected(Release):
             return "bound_to_importing_thread" if bound else "shared_by_threads"
         return "any_thread"
 
+    def verdicts_on(self, bound: bool) -> dict[str, str]:
+        """Every probe's verdict, given whether mlx binds streams to threads."""
+        return {**self.verdicts, "thread_stream": self.thread_verdict(bound)}
+
     def fixes_on(self, bound: bool) -> tuple[str, ...]:
-        """The fixes applied, given whether mlx binds streams to threads."""
-        verdict = self.thread_verdict(bound)
-        thread = ("thread_local_stream",) if verdict.startswith("bound") else ()
-        private = ("private_detokenizer",) if self.detokenizer == "shared" else ()
-        steps = ("serialized_steps",) if verdict == "shared_by_threads" else ()
-        return thread + self.fixes + private + steps
+        """The fixes applied (``report().fix_names()``), read from ``FIXES``.
+
+        Each fix whose ``when`` the verdicts meet, in ``FIXES`` order (the
+        order ``report()`` lists them in): the expectation is the patch's own
+        rule applied to the table's data, so a new fix needs no line here.
+        """
+        verdicts = self.verdicts_on(bound)
+        return tuple(spec.name for spec in FIXES if spec.applies(verdicts))
+
+    @property
+    def shape(self) -> str:
+        """What generate() returns: "str", "tuple" or "result"."""
+        return self.verdicts["result_shape"]
 
     @property
     def fails_on_entry(self) -> bool:
         """Whether every unpatched generation fails on entry off Metal."""
-        return self.wired_limit == "fails_on_entry"
+        return self.verdicts["wired_limit"] == "fails_on_entry"
 
     def tokens_for(self, max_tokens: int) -> int:
         """How many tokens a call asking for ``max_tokens`` really generates.

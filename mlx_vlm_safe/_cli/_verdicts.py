@@ -3,7 +3,10 @@
 Strictly private. The facts come from two places and each sentence says
 which: the behaviour probes of the code loaded *here* (is this environment
 affected?) and the per-release table in ``_releases`` (would another release
-help? which one fixes it upstream?). Nothing here imports mlx or mlx-vlm.
+help? which one fixes it upstream?). What a defect means is its fix's: the
+sentence and the upstream release come from the fix's spec (``FIXES``);
+this module only orders them and answers where no fix applies. Nothing here
+imports mlx or mlx-vlm.
 """
 
 from __future__ import annotations
@@ -11,13 +14,11 @@ from __future__ import annotations
 from packaging.version import InvalidVersion, Version
 
 from .._patch import FIXES
-from .._releases import (
-    FIXED_UPSTREAM_IN,
-    RELEASES,
-    UTF8_FIXED_IN,
-    WIRED_LIMIT_FIXED_IN,
-    release_for,
-)
+from .._releases import RELEASES, release_for
+
+#: The probes behind the two questions answered every time (a fix's sentence
+#: answers them where one applies; the defaults below otherwise).
+_CRASH, _THREADS = "wired_limit", "thread_stream"
 
 
 def needed(outcomes: dict[str, str]) -> set[str]:
@@ -26,54 +27,27 @@ def needed(outcomes: dict[str, str]) -> set[str]:
 
 
 def _span(wired_limit: str) -> str:
-    rows = [r for r in RELEASES if r.wired_limit == wired_limit]
+    rows = [r for r in RELEASES if r.verdicts.get(_CRASH) == wired_limit]
     return f"{rows[0].first}-{rows[-1].last}" if rows else "none"
 
 
 def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list[str]:
-    """Answer "is this environment affected by the NoneType/token crash?"."""
+    """Answer "is this environment affected?": one sentence per defect found.
+
+    The NoneType/token crash first and the threads last, whatever was found;
+    in between, each defect the probes found, in ``FIXES`` order.
+    """
     where = f"mlx-vlm {version or '?'} on {device}"
-    wired = outcomes.get("wired_limit")
-    lines: list[str] = []
-    if wired == "swallows":
-        lines.append(
-            f"Affected by the NoneType/token crash: YES. {where}: wired_limit "
-            "swallows every exception raised during generation (Ctrl-C "
-            "included), so callers get AttributeError: 'NoneType' object has "
-            "no attribute 'token', a cut answer or an empty result instead of "
-            "the real error."
-        )
-    elif wired == "fails_on_entry":
-        lines.append(
-            "Affected by the NoneType/token crash: no, by something worse. "
-            f"{where}: wired_limit fails on entry, so every generation fails "
-            "before the first token."
-        )
-    elif wired in ("propagates", "absent"):
-        lines.append(
-            f"Affected by the NoneType/token crash: no. {where}: errors raised "
-            "during generation reach the caller."
-        )
-    else:
-        lines.append(
-            f"Affected by the NoneType/token crash: unknown. {where}: the "
-            "wired_limit probe did not run."
-        )
-    if outcomes.get("empty_stream") == "unguarded":
-        lines.append(
-            "generate() dereferences the last stream item unguarded: a stream "
-            "that yields nothing ends as the same AttributeError."
-        )
-    if outcomes.get("utf8_decode") == "strict":
-        lines.append(
-            "Model output that is not valid UTF-8 (an emoji or CJK character "
-            "split between tokens, an OCR crop, a sampled byte) ends the "
-            "generation with UnicodeDecodeError in this release's byte-level "
-            f"detokenizer (mlx-vlm {UTF8_FIXED_IN} replaces such bytes)."
-        )
-    lines.append(_threads(outcomes.get("thread_stream")))
+    found = [spec for spec in FIXES if spec.doctor and spec.found(outcomes)]
+    crash = next((s for s in found if _CRASH in s.when), None)
+    threads = next((s for s in found if _THREADS in s.when), None)
+    lines = [crash.sentence(where) if crash else _no_crash(where, outcomes)]
+    lines += [s.sentence(where) for s in found if s not in (crash, threads)]
+    lines.append(
+        threads.sentence(where) if threads else _threads(outcomes.get(_THREADS))
+    )
     row = release_for(version)
-    if device == "metal" and row is not None and row.wired_limit == "swallows":
+    if device == "metal" and row is not None and row.verdicts[_CRASH] == "swallows":
         lines.append(
             f"On Metal this release lets errors through; the same release on a "
             f"Linux server (CPU or CUDA) is affected ({_span('swallows')})."
@@ -81,26 +55,24 @@ def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list
     return lines
 
 
+def _no_crash(where: str, outcomes: dict[str, str]) -> str:
+    """The crash question where no wired_limit fix applies."""
+    if outcomes.get(_CRASH) in ("propagates", "absent"):
+        return (
+            f"Affected by the NoneType/token crash: no. {where}: errors raised "
+            "during generation reach the caller."
+        )
+    return (
+        f"Affected by the NoneType/token crash: unknown. {where}: the "
+        "wired_limit probe did not run."
+    )
+
+
 def _threads(verdict: str | None) -> str:
-    """Answer "can web handlers and thread pools call generate()?"."""
+    """Answer "can web handlers and thread pools call generate()?" (no fix needed)."""
     question = (
         "generate() from other threads (web handlers, thread pools, asyncio.to_thread):"
     )
-    if verdict == "bound_to_importing_thread":
-        return (
-            f"{question} FAILS without the patch: the release made its "
-            "generation stream at import and this mlx binds streams to the "
-            "thread that made them (RuntimeError: There is no Stream(cpu, 0) in "
-            "current thread, or the NoneType/token crash where errors are "
-            "swallowed)."
-        )
-    if verdict == "shared_by_threads":
-        return (
-            f"{question} one at a time only without the patch: this mlx shares "
-            "the generation stream between threads, and concurrent calls crash "
-            "the process (segmentation fault); the patch runs their steps one at "
-            "a time."
-        )
     if verdict == "any_thread":
         return f"{question} works (each thread gets its own generation stream)."
     if verdict == "no_stream":
@@ -120,7 +92,7 @@ def fixed_here(status: str, needed: set[str], applied: set[str]) -> str:
         return "Nothing on the generate() path needs a root-cause fix here."
     missing = sorted(needed - applied)
     if status == "patched" and not missing:
-        order = [spec.name for spec in FIXES if spec.name in needed]
+        order = [spec.name for spec in FIXES if spec.name in applied]
         return (
             f"Fixed in this process: the patch applied {', '.join(order)}; "
             "real errors reach the caller."
@@ -139,7 +111,7 @@ def fixed_here(status: str, needed: set[str], applied: set[str]) -> str:
 def pinning() -> str:
     """Would pinning mlx-vlm 0.3.4 help? (the advice people find online)."""
     row = release_for("0.3.4")
-    if row is not None and row.wired_limit in ("propagates", "absent"):
+    if row is not None and row.verdicts[_CRASH] in ("propagates", "absent"):
         return "Would pinning mlx-vlm 0.3.4 help? Yes."  # pragma: no cover
     return (
         f"Would pinning mlx-vlm 0.3.4 help? No: {_span('swallows')} all carry "
@@ -149,11 +121,22 @@ def pinning() -> str:
 
 
 def upstream(version: str | None) -> str:
-    """Which release fixes it upstream, and where the installed one stands."""
+    """Which releases fix what upstream, and where the installed one stands."""
+    fixed_in: dict[str, list[str]] = {}
+    for spec in FIXES:
+        if spec.fixed_upstream_in is not None:
+            fixed_in.setdefault(spec.fixed_upstream_in, []).append(spec.name)
+    releases = sorted(fixed_in, key=Version)
+    never = [s.name for s in FIXES if s.root_cause and s.fixed_upstream_in is None]
     line = (
-        f"Which release fixes it upstream? {WIRED_LIMIT_FIXED_IN} lets errors "
-        f"through; {FIXED_UPSTREAM_IN} also guards generate() against an empty "
-        "stream."
+        "Which release fixes it upstream? mlx-vlm "
+        + "; ".join(f"{r} ({', '.join(fixed_in[r])})" for r in releases)
+        + f", so {releases[-1]}+ for all of them"
+        + (
+            f"; no mlx-vlm release makes {', '.join(never)} unnecessary."
+            if never
+            else "."
+        )
     )
     try:
         installed = Version(version) if version else None
@@ -161,11 +144,12 @@ def upstream(version: str | None) -> str:
         installed = None
     if installed is None:
         return line
-    if installed >= Version(FIXED_UPSTREAM_IN):
-        return f"{line} The installed {version} has both."
-    if installed >= Version(WIRED_LIMIT_FIXED_IN):
-        return f"{line} The installed {version} has the first only."
-    return f"{line} The installed {version} has neither."
+    has = [r for r in releases if installed >= Version(r)]
+    if len(has) == len(releases):
+        return f"{line} The installed {version} has all of them."
+    if not has:
+        return f"{line} The installed {version} has none of them."
+    return f"{line} The installed {version} has those of {' and '.join(has)} only."
 
 
 def version_warnings(

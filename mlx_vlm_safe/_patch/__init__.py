@@ -14,9 +14,23 @@ imports mlx or mlx-vlm: the patch works on whatever ``mlx_vlm`` is loaded
 * ``_api``: ``patch()``, ``unpatch()``, ``report()`` under one lock.
 * ``_wrappers``, ``_results``, ``_retry_wiring``, ``_memory``,
   ``_thread_exit``: what runs on every call.
+
+A module imports only its own stage or an earlier one, in the order
+``_locate``, the per-call modules, ``_probes``, ``_fixes``, ``_plan``,
+``_registry``, ``_api`` (``PATCH_STAGES`` in ``tests/test_layout.py``).
+``switched_off`` is for the tests: the patch without some fixes.
 """
 
-from ._api import PatchError, activate, is_patched, on_import, patch, report, unpatch
+from ._api import (
+    PatchError,
+    activate,
+    is_patched,
+    on_import,
+    patch,
+    report,
+    switched_off,
+    unpatch,
+)
 from ._inventory import distributions, metadata_version
 from ._locate import locate
 from ._memory import snapshot as memory_snapshot
@@ -46,6 +60,7 @@ __all__ = [
     "on_import",
     "patch",
     "report",
+    "switched_off",
     "text_of",
     "unpatch",
 ]

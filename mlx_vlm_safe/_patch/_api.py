@@ -9,10 +9,12 @@ hold an import lock and be waiting for ours).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import sys
 import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 from .. import _env, _hook, _releases
@@ -39,6 +41,7 @@ class _State:
     probes: tuple[Probe, ...] = ()
     plan: Plan = dataclasses.field(default_factory=lambda: Plan(()))
     warnings: list[str] = dataclasses.field(default_factory=list)
+    off: frozenset[str] = frozenset()  # fixes left out (``switched_off``)
 
 
 _LOCK = threading.RLock()
@@ -100,7 +103,7 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
             f"{located.kind}); "
             "applying the fixes its behaviour probes call for"
         )
-    plan = make_plan(located, findings, _warn_once)
+    plan = make_plan(located, findings, _warn_once, off=_STATE.off)
     _REGISTRY.install(plan.replacements)
     _STATE.plan = plan
     _STATE.located = located
@@ -191,6 +194,37 @@ def unpatch() -> Report:
     return report()
 
 
+@contextlib.contextmanager
+def switched_off(*names: str) -> Iterator[None]:
+    """Test-only: the patch without the fixes ``names``, while inside.
+
+    What the fix contract test (``tests/patch/test_fix_contract.py``) needs
+    to show, on the real release, that each fix's own symptom comes back
+    without it. Where the patch is in place it is re-applied on entry and on
+    exit. A name that is no fix raises ``ValueError``: a typo must not pass
+    for "switched off".
+    """
+    unknown = sorted(set(names) - set(REASONS))
+    if unknown:
+        raise ValueError(f"no such fix: {', '.join(unknown)}")
+    with _LOCK:
+        previous, _STATE.off = _STATE.off, frozenset(names)
+    _repatch()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _STATE.off = previous
+        _repatch()
+
+
+def _repatch() -> None:
+    """Plan and install again, where the patch is in place."""
+    if is_patched():
+        unpatch()
+        patch()
+
+
 def is_patched() -> bool:
     """Whether the fixes are in place now."""
     return _STATE.status == "patched"
@@ -199,10 +233,10 @@ def is_patched() -> bool:
 def _fixes() -> tuple[Fix, ...]:
     """The fixes in place now, each with the ``mlx_vlm*`` attributes bound to it."""
     targets = _REGISTRY.targets()
-    hosts = dict(_STATE.plan.riders)
+    plan = _STATE.plan
     return tuple(
-        Fix(name, REASONS[name], tuple(sorted(targets.get(hosts.get(name, name), ()))))
-        for name in _STATE.plan.fix_names()
+        Fix(name, REASONS[name], tuple(sorted(targets.get(plan.host(name), ()))))
+        for name in plan.fix_names()
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ._fixes import Context, FixSpec, Methods
 from ._fixes._detokenizer import PRIVATE_DETOKENIZER
@@ -19,8 +20,10 @@ from ._fixes._utf8 import REPLACE_INVALID_UTF8
 from ._fixes._wired_limit import GENERATE_OFF_METAL, PROPAGATE_ERRORS
 from ._locate import Located
 from ._probes import Findings, run_probes
-from ._registry import Replacement
 from ._retry_wiring import runners
+
+#: The ``Located`` field whose wrapper composes the fixes' stream layers.
+STREAM_GENERATE = "stream_generate"
 
 FIXES: tuple[FixSpec, ...] = (
     THREAD_LOCAL_STREAM,
@@ -40,6 +43,17 @@ FIX_PROBES = tuple(
 )
 
 
+class Replacement(NamedTuple):
+    """One original object and what replaces it, for which fix."""
+
+    original: object
+    replacement: object
+    fix: str
+    #: Classes whose attributes hold ``original`` (a method replaced in place),
+    #: swept beside the loaded modules.
+    owners: tuple[type, ...] = ()
+
+
 def examine(located: Located) -> Findings:
     """Every probe's verdict on the located objects (``report()``'s order)."""
     return run_probes(located, FIX_PROBES)
@@ -47,36 +61,52 @@ def examine(located: Located) -> Findings:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The replacements to make, and the fixes carried inside one of them."""
+    """The replacements to make, and the fixes layered inside one of them."""
 
     replacements: tuple[Replacement, ...]
-    #: (fix, the fix whose replacement carries it)
-    riders: tuple[tuple[str, str], ...] = ()
+    #: The fixes whose stream layer the ``stream_generate`` wrapper composes.
+    layered: tuple[str, ...] = ()
+    #: The fix whose replacement of ``stream_generate`` carries those layers.
+    stream_host: str = ""
 
     def fix_names(self) -> list[str]:
-        """Every fix in the plan, replacements first, then riders."""
-        names = [r.fix for r in self.replacements] + [name for name, _ in self.riders]
-        return list(dict.fromkeys(names))  # a fix may replace several methods
+        """Every fix in the plan, in ``FIXES`` order."""
+        names = {r.fix for r in self.replacements}.union(self.layered)
+        return [spec.name for spec in FIXES if spec.name in names]
+
+    def host(self, fix: str) -> str:
+        """The fix whose replacements show where ``fix`` acts (itself, mostly)."""
+        return self.stream_host if fix in self.layered else fix
 
 
 def make_plan(
-    located: Located, findings: Findings, warn: Callable[[str], None]
+    located: Located,
+    findings: Findings,
+    warn: Callable[[str], None],
+    *,
+    off: frozenset[str] = frozenset(),
 ) -> Plan:
-    """The replacements the probes call for, built but not installed."""
+    """The replacements the probes call for, built but not installed.
+
+    ``off``: fixes to leave out even where the probes call for them (the
+    tests' ``switched_off``).
+    """
     verdicts = findings.verdicts()
+    chosen = [spec for spec in FIXES if spec.name not in off]
     retry_call, retry_stream = runners(located, findings.behaviour)
-    layers = tuple(
-        (spec.layer, spec.inner)
-        for spec in FIXES
+    layers_named = [
+        (spec.name, (spec.layer, spec.inner))
+        for spec in chosen
         if spec.layer is not None and spec.applies(verdicts)
-    )
+    ]
+    layers = tuple(layer for _, layer in layers_named)
     context = Context(
         located, findings.behaviour, retry_call, retry_stream, warn, layers
     )
     replacements: list[Replacement] = []
     hosts: dict[str, str] = {}  # Located field -> the fix that replaced it
-    for spec in FIXES:
-        if spec.rides_on or spec.build is None or not spec.applies(verdicts):
+    for spec in chosen:
+        if spec.build is None or not spec.applies(verdicts):
             continue
         original = getattr(located, spec.replaces)
         if original is None:
@@ -91,9 +121,7 @@ def make_plan(
         elif replacement is not None:
             replacements.append(Replacement(original, replacement, spec.name))
             hosts[spec.replaces] = spec.name
-    riders = tuple(
-        (spec.name, hosts[spec.rides_on])
-        for spec in FIXES
-        if spec.rides_on in hosts and spec.applies(verdicts)
-    )
-    return Plan(tuple(replacements), riders)
+    # A layer takes effect only inside the stream_generate wrapper.
+    host = hosts.get(STREAM_GENERATE, "")
+    layered = tuple(name for name, _ in layers_named) if host else ()
+    return Plan(tuple(replacements), layered, host)

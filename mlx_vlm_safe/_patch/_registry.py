@@ -28,20 +28,10 @@ from types import ModuleType
 from typing import NamedTuple
 
 from .._hook import is_target
+from ._plan import Replacement
 
 #: Where an original is bound: a module's globals, or a class's attributes.
 Namespace = ModuleType | type
-
-
-class Replacement(NamedTuple):
-    """One original object and what replaces it, for which fix."""
-
-    original: object
-    replacement: object
-    fix: str
-    #: Classes whose attributes hold ``original`` (a method replaced in place),
-    #: swept beside the loaded modules.
-    owners: tuple[type, ...] = ()
 
 
 class Rebinding(NamedTuple):

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from mlx_vlm_safe._cli import _diagnosis
+from mlx_vlm_safe._patch import FIXES
 from tools.matrix import Expected, streams_bound
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -35,14 +36,8 @@ PTH = "mlx_vlm_safe_autopatch.pth"
 TIMEOUT = 300  # generous bound for an interpreter that imports mlx-vlm on 2 cores
 
 
-ROOT_CAUSE = {
-    "propagate_errors",
-    "generate_off_metal",
-    "never_empty_stream",
-    "thread_local_stream",
-    "serialized_steps",
-    "replace_invalid_utf8",
-}
+#: The fixes ``doctor`` counts as "this release is affected" (from their specs).
+ROOT_CAUSE = frozenset(spec.name for spec in FIXES if spec.root_cause)
 
 
 #: Whether this mlx binds streams to their thread (adds the thread fix).

@@ -59,18 +59,21 @@ def test_doctor_json_reports_this_release(
     assert d["device"] == "cpu"  # CI is Linux CPU; the release table is for it
     assert d["layout"]["kind"] == release.layout
     probes = {p["name"]: p["outcome"] for p in d["probes"]}
-    assert probes["wired_limit"] == release.wired_limit
-    assert probes["empty_stream"] == release.empty_stream
+    assert probes["wired_limit"] == release.verdicts["wired_limit"]
+    assert probes["empty_stream"] == release.verdicts["empty_stream"]
     assert probes["thread_stream"] == release.thread_verdict(BOUND)
     assert d["patch"]["status"] == "patched"
     assert d["patch"]["active"] is True
     assert {f["name"] for f in d["patch"]["fixes"]} == set(fixes(release))
     assert d["affected"] is bool(ROOT_CAUSE & set(fixes(release)))
     verdicts = " ".join(d["verdicts"])
-    yes = release.wired_limit == "swallows"
+    yes = release.verdicts["wired_limit"] == "swallows"
     assert f"NoneType/token crash: {'YES' if yes else 'no'}" in verdicts
     assert "pinning mlx-vlm 0.3.4 help? No: 0.3.2-0.3.10" in verdicts
-    assert "0.3.11 lets errors through; 0.6.0 also guards" in verdicts
+    assert (
+        "upstream? mlx-vlm 0.3.11 (propagate_errors, generate_off_metal);" in verdicts
+    )
+    assert "0.6.9 (replace_invalid_utf8), so 0.6.9+ for all of them" in verdicts
     warnings = " ".join(d["warnings"])
     disagree = install.metadata_version not in (None, install.version)
     assert ("but the package metadata says" in warnings) is disagree, warnings
@@ -139,7 +142,8 @@ def test_doctor_with_the_kill_switch_says_not_fixed(release: Expected) -> None:
     assert d["patch"]["status"] == "disabled"
     assert d["patch"]["active"] is False
     probes = {p["name"]: p["outcome"] for p in d["probes"]}
-    assert probes["wired_limit"] == release.wired_limit  # probed all the same
+    # probed all the same
+    assert probes["wired_limit"] == release.verdicts["wired_limit"]
     assert probes["thread_stream"] == release.thread_verdict(BOUND)
     if affected:
         assert any("NOT fixed in this process" in v for v in d["verdicts"])

@@ -78,7 +78,7 @@ def test_run_makes_an_untouched_program_see_the_real_error(
     patched = cli_run("run", "--", sys.executable, *args).stdout
     plain = python(*args).stdout  # the control: the same program, not run by us
     assert patched.startswith("TypeError: "), patched
-    if release.wired_limit == "swallows":
+    if release.verdicts["wired_limit"] == "swallows":
         assert "'NoneType' object has no attribute 'token'" in plain
     elif release.fails_on_entry:
         assert re.search(ENTRY_ERROR, plain), plain

@@ -103,7 +103,7 @@ def test_report_describes_the_installed_release(
     assert report.metadata_version == install.metadata_version
     assert report.distributions == install.distributions
     assert report.device in {"cpu", "cuda", "metal"}
-    assert report.probe("wired_limit") == release.wired_limit
+    assert report.probe("wired_limit") == release.verdicts["wired_limit"]
     generate_fix = next(f for f in report.fixes if f.name == "none_safe_generate")
     assert "mlx_vlm.generate" in generate_fix.targets
     with pytest.raises(AttributeError):

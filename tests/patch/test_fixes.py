@@ -97,10 +97,18 @@ def _entry_failure(exc: BaseException) -> bool:
     )
 
 
+def check_generation_runs(tiny: Tiny, mlx_vlm: Any, release: Expected) -> None:
+    """``generate_off_metal``'s symptom: a normal call generates at all."""
+    result = tiny.call(mlx_vlm.generate, max_tokens=2)
+    assert _shape_ok(result, release)
+    assert _text(result)
+
+
 def test_happy_path_keeps_the_release_shape(
     tiny: Tiny, mlx_vlm: Any, release: Expected
 ) -> None:
     """A normal call returns the release's own type, full length, and says why."""
+    check_generation_runs(tiny, mlx_vlm, release)
     result, tokens = _counted_call(tiny, mlx_vlm.generate, max_tokens=8)
     assert _shape_ok(result, release)
     assert _text(result)
@@ -167,7 +175,7 @@ def test_documented_triggers_hit_the_defect_on_affected_releases(
     """On 0.3.2-0.3.10 off Metal both root-cause.md triggers end as the None defect."""
     first_two = list(TRIGGERS.values())[:2]
     for kwargs in first_two:
-        if release.wired_limit == "swallows":
+        if release.verdicts["wired_limit"] == "swallows":
             with pytest.raises(AttributeError, match="NoneType"):
                 tiny.call(mlx_vlm.generate, **kwargs)
         elif release.fails_on_entry:
@@ -225,7 +233,7 @@ def test_cut_answer_was_returned_as_complete_without_the_patch(
 ) -> None:
     """The defect the previous test fixes: a cut answer that looks finished."""
     with plant_fault(RuntimeError("decoder failed"), after_tokens=after) as record:
-        if release.wired_limit == "swallows":
+        if release.verdicts["wired_limit"] == "swallows":
             result = tiny.call(mlx_vlm.generate, max_tokens=8)
             assert _tokens(result, record.tokens) == after
         elif release.fails_on_entry:
@@ -254,7 +262,7 @@ def test_ctrl_c_was_swallowed_without_the_patch(
 ) -> None:
     """The defect: Ctrl-C in the middle of a generation ended it 'normally'."""
     with plant_fault(KeyboardInterrupt, after_tokens=2) as record:
-        if release.wired_limit == "swallows":
+        if release.verdicts["wired_limit"] == "swallows":
             result = tiny.call(mlx_vlm.generate, max_tokens=8)
             assert _tokens(result, record.tokens) == 2
         elif release.fails_on_entry:
@@ -265,10 +273,11 @@ def test_ctrl_c_was_swallowed_without_the_patch(
                 tiny.call(mlx_vlm.generate, max_tokens=8)
 
 
-def test_verbose_true_raises_instead_of_a_silent_empty_result(
-    tiny: Tiny, mlx_vlm: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """verbose=True used to turn any error into an empty result on 0.3.2-0.3.10."""
+def check_errors_reach_the_caller(tiny: Tiny, mlx_vlm: Any) -> None:
+    """``propagate_errors``' symptom: an error in generation reaches the caller.
+
+    With ``verbose=True``, where 0.3.2-0.3.10 off Metal return an empty result.
+    """
     planted = ValueError("bad argument")
     with (
         plant_fault(planted, after_tokens=0),
@@ -276,6 +285,13 @@ def test_verbose_true_raises_instead_of_a_silent_empty_result(
     ):
         tiny.call(mlx_vlm.generate, max_tokens=8, verbose=True)
     assert info.value is planted
+
+
+def test_verbose_true_raises_instead_of_a_silent_empty_result(
+    tiny: Tiny, mlx_vlm: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verbose=True used to turn any error into an empty result on 0.3.2-0.3.10."""
+    check_errors_reach_the_caller(tiny, mlx_vlm)
     capsys.readouterr()
 
 
@@ -297,7 +313,7 @@ def test_stream_generate_ended_empty_without_the_patch(
 ) -> None:
     """The defect: an error before the first token made the stream end silently."""
     with plant_fault(ValueError("bad argument"), after_tokens=0):
-        if release.wired_limit == "swallows":
+        if release.verdicts["wired_limit"] == "swallows":
             assert list(tiny.stream(exports.stream_generate)) == []
         elif release.fails_on_entry:
             with pytest.raises((KeyError, RuntimeError), match=ENTRY_ERROR):
@@ -327,10 +343,51 @@ def test_reference_captured_before_the_patch_is_fixed_too(
     assert _text(result) == ""
 
 
+def check_empty_stream_gives_an_empty_result(tiny: Tiny, mlx_vlm: Any) -> None:
+    """``never_empty_stream``'s symptom: nothing generated is an empty result."""
+    with empty_stream():
+        result = tiny.call(mlx_vlm.generate)
+    assert result is not None
+    assert _text(result) == ""
+
+
+def check_stream_end_is_recorded(tiny: Tiny, exports: Any, release: Expected) -> None:
+    """``observed_stream``'s symptom: a stream says why it ended.
+
+    Two streams that end differently, so a stale outcome cannot pass.
+    """
+    list(tiny.stream(exports.stream_generate, max_tokens=2))
+    first = mlx_vlm_safe.last_outcome()
+    assert first is not None
+    assert first.finish_reason == "length"
+    assert first.generation_tokens == release.tokens_for(2)
+    with empty_stream():
+        list(tiny.stream(exports.stream_generate))
+    assert mlx_vlm_safe.last_outcome() == mlx_vlm_safe.Outcome("empty", 0)
+
+
+def check_generate_retries_a_failure_mid_answer(tiny: Tiny, mlx_vlm: Any) -> None:
+    """``none_safe_generate``'s symptom: a transient failure after tokens is retried.
+
+    Only ``generate()`` can retry once items were made (a stream cannot take
+    back what it yielded), so this fails without the generate wrapper.
+    """
+    with plant_fault(MemoryError(), after_tokens=2, times=1) as fault:
+        result = tiny.call(mlx_vlm.generate, max_tokens=8)
+    assert fault.fired == 1
+    assert result is not None
+    assert _text(result)
+
+
+def test_a_failure_mid_answer_is_retried_by_generate(tiny: Tiny, mlx_vlm: Any) -> None:
+    check_generate_retries_a_failure_mid_answer(tiny, mlx_vlm)
+
+
 def test_empty_stream_returns_the_release_shape_empty(
     tiny: Tiny, mlx_vlm: Any, release: Expected
 ) -> None:
     """Nothing generated, no error: an empty result of the release's type."""
+    check_empty_stream_gives_an_empty_result(tiny, mlx_vlm)
     for verbose in (False, True):
         with empty_stream():
             result = tiny.call(mlx_vlm.generate, verbose=verbose)
@@ -345,7 +402,7 @@ def test_empty_stream_crashed_without_the_patch(
 ) -> None:
     """The defect: upstream generate() dereferences the missing last item."""
     with empty_stream():
-        if release.empty_stream == "unguarded":
+        if release.verdicts["empty_stream"] == "unguarded":
             with pytest.raises(AttributeError, match="NoneType"):
                 tiny.call(mlx_vlm.generate)
         else:
@@ -356,9 +413,10 @@ def test_wrapped_stream_never_ends_empty_where_generate_is_unguarded(
     tiny: Tiny, exports: Any, release: Expected
 ) -> None:
     """stream_generate itself yields one empty item rather than nothing."""
+    check_stream_end_is_recorded(tiny, exports, release)
     with empty_stream():
         items = list(tiny.stream(exports.stream_generate))
-    expected = 1 if release.empty_stream != "guarded" else 0
+    expected = 1 if release.verdicts["empty_stream"] != "guarded" else 0
     assert len(items) == expected
     assert mlx_vlm_safe.last_outcome() == mlx_vlm_safe.Outcome("empty", 0)
 

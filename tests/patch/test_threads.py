@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._patch import _thread_exit
+from mlx_vlm_safe._patch import _thread_exit, locate
 from mlx_vlm_safe.testing import tiny_prompt
 from tools.matrix import Expected
 
@@ -86,8 +86,13 @@ def test_probe_verdict_is_the_tables(release: Expected, bound: bool) -> None:
     assert applied is (verdict == "bound_to_importing_thread")
 
 
+def check_generate_on_another_thread(tiny: Tiny, mlx_vlm: Any) -> None:
+    """``thread_local_stream``'s symptom: another thread gets the same answer."""
+    assert _on_thread(lambda: _call(tiny, mlx_vlm)) == _call(tiny, mlx_vlm)
+
+
 def test_thread(tiny: Tiny, mlx_vlm: Any, alone: str) -> None:
-    assert _on_thread(lambda: _call(tiny, mlx_vlm)) == alone
+    check_generate_on_another_thread(tiny, mlx_vlm)
 
 
 def test_pool_of_4_with_16_calls(tiny: Tiny, mlx_vlm: Any, alone: str) -> None:
@@ -396,3 +401,95 @@ def test_each_way_exits_cleanly_run_after_run(
 ) -> None:
     """One way per process, 5 runs each, where the fresh-interpreter tests run."""
     _exit_statuses((how,), 5, release, tmp_path)
+
+
+def check_steps_never_overlap(tiny: Tiny, exports: Any) -> None:
+    """``serialized_steps``' symptom: no step of one call runs beside another's.
+
+    Deterministic and safe where mlx shares its stream (where a real overlap
+    crashes the process): a seam at ``generate_step`` holds the first call
+    inside its first step, idle, for up to a second; the second call starts
+    only then. Where steps are serialized it waits for the lock and never
+    enters the seam while the first is in it; where they are not, it enters,
+    and the seam makes it raise before it does any mlx work, so the two never
+    evaluate at once. Fails if the second call entered.
+    """
+    scope = locate(sys.modules["mlx_vlm"]).stream_generate.__globals__  # type: ignore[union-attr]
+    real = scope["generate_step"]
+    guard = threading.Lock()
+    inside, overlapped = [0], threading.Event()
+    entered = threading.Event()
+
+    def seam(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with guard:
+            if inside[0]:
+                overlapped.set()
+                raise RuntimeError("a step started while another was running")
+            inside[0] += 1
+        try:
+            if not entered.is_set():  # the first call: hold its first step
+                entered.set()
+                overlapped.wait(timeout=1.0)
+        finally:
+            with guard:
+                inside[0] -= 1
+        yield from real(*args, **kwargs)
+
+    def second() -> None:
+        entered.wait(timeout=30)
+        with contextlib.suppress(RuntimeError):  # the seam's, where it overlapped
+            list(tiny.stream(exports.stream_generate, max_tokens=2))
+
+    scope["generate_step"] = seam
+    try:
+        other = threading.Thread(target=second)
+        other.start()
+        _on_thread(lambda: list(tiny.stream(exports.stream_generate, max_tokens=2)))
+        other.join()
+    finally:
+        scope["generate_step"] = real
+    assert entered.is_set(), "the seam never ran"
+    assert not overlapped.is_set(), "two calls' steps ran at the same time"
+
+
+def check_a_call_inside_another_keeps_its_text(tiny: Tiny, exports: Any) -> None:
+    """``private_detokenizer``'s symptom: a call that overlaps another garbles it.
+
+    The race of concurrent callers made deterministic: a second generation
+    runs to the end inside the first one's third ``add_token``, between the
+    token being added and the text being read, which is where a concurrent
+    caller's ``reset()`` loses it. Sharing the processor's detokenizer, the
+    first answer comes back without that piece; with the fix, the second
+    call has its own copy and the first answer is whole.
+    """
+    shared = tiny.processor.detokenizer
+    cls = type(shared)
+    real = cls.__dict__.get("add_token")
+    assert real is not None, f"{cls.__name__} defines no add_token"
+    other = tiny_prompt(tiny.processor, tiny.model.config, "What else is there?")
+    calls = [0]
+
+    def add_token(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, *args, **kwargs)
+        if self is shared:
+            calls[0] += 1
+            if calls[0] == 3:  # the second call, start to end, right here
+                list(
+                    exports.stream_generate(
+                        tiny.model,
+                        tiny.processor,
+                        other,
+                        image=tiny.image,
+                        max_tokens=3,
+                    )
+                )
+        return result
+
+    alone = _streamed(list(tiny.stream(exports.stream_generate, max_tokens=TOKENS)))
+    cls.add_token = add_token
+    try:
+        first = _streamed(list(tiny.stream(exports.stream_generate, max_tokens=TOKENS)))
+    finally:
+        cls.add_token = real
+    assert calls[0] >= 3, "the first call never reached its third token"
+    assert first == alone

@@ -87,20 +87,25 @@ def test_the_release_raises_on_a_lone_byte_where_the_probe_says_strict(
     tiny: Tiny, release: Expected, unpatched: None
 ) -> None:
     tokens = [_vocab(tiny)[LONE_BYTE], _space_led(tiny)[0]]
-    if release.utf8 == "strict":
+    if release.verdicts["utf8_decode"] == "strict":
         with pytest.raises(UnicodeDecodeError):
             _detokenize(tiny, tokens)
     else:
         assert _detokenize(tiny, tokens) == expected_text(tiny, tokens)
 
 
-def test_patched_lone_byte_becomes_a_replacement_character(tiny: Tiny) -> None:
+def check_lone_byte_is_replaced(tiny: Tiny) -> None:
+    """``replace_invalid_utf8``'s symptom: a lone byte becomes U+FFFD mid-answer."""
     word = _space_led(tiny)[0]
     tokens = [_vocab(tiny)[LONE_BYTE], word, _vocab(tiny)[LONE_BYTE]]
     text = _detokenize(tiny, tokens)
     assert text == expected_text(tiny, tokens)
     assert text.startswith("\ufffd "), text  # mid-answer: marked
     assert not text.endswith("\ufffd"), text  # cut at the end: dropped
+
+
+def test_patched_lone_byte_becomes_a_replacement_character(tiny: Tiny) -> None:
+    check_lone_byte_is_replaced(tiny)
 
 
 def test_patch_wraps_the_class_and_unpatch_puts_the_methods_back(
@@ -111,7 +116,7 @@ def test_patch_wraps_the_class_and_unpatch_puts_the_methods_back(
         (f for f in mlx_vlm_safe.report().fixes if f.name == "replace_invalid_utf8"),
         None,
     )
-    if release.utf8 == "replaces":
+    if release.verdicts["utf8_decode"] == "replaces":
         assert fix is None  # 0.6.9+: nothing to fix, nothing touched
         return
     assert fix is not None
@@ -278,11 +283,12 @@ def test_unpatched_sampled_answers_die_in_the_detokenizer(
 ) -> None:
     outcomes = _sampled(mlx_vlm, tiny, 12)
     kinds = {type(o).__name__ for o in outcomes if isinstance(o, BaseException)}
-    if release.utf8 == "replaces" or release.has("kwargs_dropped"):
+    if release.verdicts["utf8_decode"] == "replaces" or release.has("kwargs_dropped"):
         assert not kinds, outcomes
-    elif release.wired_limit in ("propagates", "absent"):
+    elif release.verdicts["wired_limit"] in ("propagates", "absent"):
         assert "UnicodeDecodeError" in kinds, outcomes  # the release's own error
-    elif release.wired_limit == "swallows":  # 0.3.2-0.3.10: the error vanishes
+    elif release.verdicts["wired_limit"] == "swallows":  # 0.3.2-0.3.10:
+        # the error vanishes
         # ... and the answer stops where it was raised, looking finished
         cut = [o for o in outcomes if getattr(o, "generation_tokens", 16) < 16]
         assert cut or kinds, outcomes

@@ -3,8 +3,9 @@
 Strictly private. Each fix module defines its probe (where the fix has one of
 its own) and a :class:`FixSpec`; ``_patch._plan.FIXES`` lists them in the
 order they are applied and reported, and their probes run in that order.
-Adding a fix is one module here plus one entry in that list: ``report()``,
-``doctor`` and the README table read the name and reason from the spec.
+Adding a fix is one module here, one entry in that list and the release
+table's data (``_releases``): ``report()``, ``doctor``, the README table and
+the tests' expectations are read from the spec.
 This ``__init__`` imports no fix module, so a fix module may import the
 wrappers without an import cycle.
 """
@@ -65,15 +66,24 @@ class Methods:
 class FixSpec:
     """One fix: when it applies, what it replaces, how, and why.
 
+    Everything a fix means lives here, so that a new fix is its module, one
+    ``FIXES`` entry and the release table's data: ``report()``, ``doctor``,
+    the README table and the tests' expectations are all read from the spec.
+
     ``probe`` is the fix's own probe, if it has one (the generate path's
     ``empty_stream`` and ``result_shape`` run for every release). ``when``
     maps probe names to the verdicts that call for the fix (all must hold;
     empty means always). ``replaces`` names the ``Located`` field whose
     object is replaced; a fix with a ``layer`` has no replacement of its
-    own: the stream wrapper (``rides_on``) composes its layer, around each
+    own: the ``stream_generate`` wrapper composes its layer, around each
     step of mlx's work inside the memory guard when ``inner``, around the
-    whole call outside it otherwise. ``root_cause`` fixes are the ones
-    ``doctor`` counts as "this release is affected here".
+    whole call outside it otherwise (``report()`` lists it with that
+    wrapper's targets). ``root_cause`` fixes are the ones ``doctor`` counts
+    as "this release is affected here". ``fixed_upstream_in`` is the
+    mlx-vlm release that fixed the defect upstream, if one did. ``doctor``
+    is the sentence ``doctor`` prints when the probes find the defect
+    (``{where}``: "mlx-vlm <version> on <device>"; ``{fixed}``:
+    ``fixed_upstream_in``).
     """
 
     name: str
@@ -82,19 +92,26 @@ class FixSpec:
     when: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     build: Builder | None = None
     probe: ProbeRunner | None = None
-    rides_on: str = ""
     root_cause: bool = False
     layer: StreamLayer | None = None
     inner: bool = False
+    fixed_upstream_in: str | None = None
+    doctor: str = ""
 
     def applies(self, verdicts: Mapping[str, str]) -> bool:
         """Whether the probes' ``verdicts`` call for this fix."""
         return all(verdicts.get(probe) in wanted for probe, wanted in self.when.items())
 
-    def diagnosed(self, verdicts: Mapping[str, str]) -> bool:
-        """A root cause the probes found for certain (not "inconclusive")."""
-        return (
-            self.root_cause
-            and self.applies(verdicts)
-            and "inconclusive" not in (verdicts.get(p) for p in self.when)
+    def found(self, verdicts: Mapping[str, str]) -> bool:
+        """Whether the probes found the defect for certain (not "inconclusive")."""
+        return self.applies(verdicts) and "inconclusive" not in (
+            verdicts.get(p) for p in self.when
         )
+
+    def diagnosed(self, verdicts: Mapping[str, str]) -> bool:
+        """A root cause the probes found for certain."""
+        return self.root_cause and self.found(verdicts)
+
+    def sentence(self, where: str) -> str:
+        """``doctor``'s sentence, filled in for ``where`` ("mlx-vlm X on cpu")."""
+        return self.doctor.format(where=where, fixed=self.fixed_upstream_in)

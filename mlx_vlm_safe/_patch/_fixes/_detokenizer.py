@@ -124,6 +124,9 @@ PRIVATE_DETOKENIZER = FixSpec(
     "own copy",
     when={NAME: frozenset({"shared"})},
     probe=probe,
-    rides_on="stream_generate",
     layer=isolating,  # outer: it swaps the processor argument
+    fixed_upstream_in="0.5.0",
+    doctor="Concurrent generate() calls on one loaded model (web handlers, "
+    "thread pools) mix each other's text without the patch: the release feeds "
+    "one shared detokenizer per processor.",
 )

@@ -39,6 +39,9 @@ NEVER_EMPTY_STREAM = FixSpec(
     when={EMPTY_STREAM: frozenset({"unguarded", "inconclusive"})},
     build=_stream,
     root_cause=True,
+    fixed_upstream_in="0.6.0",
+    doctor="generate() dereferences the last stream item unguarded: a stream "
+    "that yields nothing ends as the same AttributeError.",
 )
 OBSERVED_STREAM = FixSpec(
     "observed_stream",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 from . import FixSpec
 from ._thread_stream import NAME as THREAD_STREAM
+from ._thread_stream import THREADS
 
 #: The verdict of the ``thread_stream`` probe that calls for this fix.
 SHARED = "shared_by_threads"
@@ -59,8 +60,11 @@ SERIALIZED_STEPS = FixSpec(
     "evaluation on it crashes the process; concurrent calls now run their "
     "steps one at a time",
     when={THREAD_STREAM: frozenset({SHARED})},
-    rides_on="stream_generate",
     root_cause=True,
     layer=one_step_at_a_time,
     inner=True,  # it guards mlx's own work only
+    # No mlx-vlm release fixes it: mlx 0.32.0+ binds CPU streams to threads.
+    doctor=f"{THREADS} one at a time only without the patch: this mlx shares the "
+    "generation stream between threads, and concurrent calls crash the process "
+    "(segmentation fault); the patch runs their steps one at a time.",
 )

@@ -21,6 +21,10 @@ from .._thread_exit import release_thread_streams
 from . import Context, FixSpec
 
 NAME = "thread_stream"
+#: The question the thread probe answers, in ``doctor``'s words.
+THREADS = (
+    "generate() from other threads (web handlers, thread pools, asyncio.to_thread):"
+)
 
 
 def _is_thread_local(stream: object) -> bool:
@@ -125,4 +129,9 @@ THREAD_LOCAL_STREAM = FixSpec(
     build=thread_local_twin,
     probe=probe,
     root_cause=True,
+    fixed_upstream_in="0.5.0",
+    doctor=f"{THREADS} FAILS without the patch: the release made its generation "
+    "stream at import and this mlx binds streams to the thread that made them "
+    "(RuntimeError: There is no Stream(cpu, 0) in current thread, or the "
+    "NoneType/token crash where errors are swallowed).",
 )

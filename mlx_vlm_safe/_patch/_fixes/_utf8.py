@@ -129,10 +129,15 @@ def build(cls: type, context: Context) -> Methods:
 REPLACE_INVALID_UTF8 = FixSpec(
     "replace_invalid_utf8",
     "model output that is not valid UTF-8 raised UnicodeDecodeError in the "
-    "byte-level detokenizer; such bytes now become U+FFFD, as in mlx-vlm 0.6.9+",
+    "byte-level detokenizer; such bytes now become U+FFFD",
     replaces="bpe_detokenizer",
     when={NAME: frozenset({"strict"})},
     build=build,
     probe=probe,
     root_cause=True,
+    fixed_upstream_in="0.6.9",
+    doctor="Model output that is not valid UTF-8 (an emoji or CJK character "
+    "split between tokens, an OCR crop, a sampled byte) ends the generation with "
+    "UnicodeDecodeError in this release's byte-level detokenizer (mlx-vlm "
+    "{fixed} replaces such bytes).",
 )

@@ -74,6 +74,11 @@ PROPAGATE_ERRORS = FixSpec(
     build=safe_wired_limit,
     probe=probe,
     root_cause=True,
+    fixed_upstream_in="0.3.11",
+    doctor="Affected by the NoneType/token crash: YES. {where}: wired_limit "
+    "swallows every exception raised during generation (Ctrl-C included), so "
+    "callers get AttributeError: 'NoneType' object has no attribute 'token', a "
+    "cut answer or an empty result instead of the real error.",
 )
 GENERATE_OFF_METAL = FixSpec(
     "generate_off_metal",
@@ -83,4 +88,8 @@ GENERATE_OFF_METAL = FixSpec(
     build=safe_wired_limit,
     probe=probe,
     root_cause=True,
+    fixed_upstream_in="0.3.11",  # 0.3.2-0.3.10 swallow instead (see above)
+    doctor="Affected by the NoneType/token crash: no, by something worse. "
+    "{where}: wired_limit fails on entry, so every generation fails before the "
+    "first token.",
 )
