@@ -19,7 +19,8 @@ def snapshot() -> dict[str, object]:
     shown["wait"] = current.wait
     shown["shorten"] = current.shorten
     shown["ledger"] = books
-    shown["summary"] = f"{shown['summary']}; {describe_ledger(books)}"
+    if shown["guard"] == "on":
+        shown["summary"] = f"{shown['summary']}; {describe_ledger(books)}"
     return shown
 
 
