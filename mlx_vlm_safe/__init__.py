@@ -8,6 +8,13 @@ import into a no-op.
 This module stays tiny on purpose: the public names are loaded on first use
 (PEP 562), so the import costs a few milliseconds and imports neither mlx nor
 mlx_vlm; the work happens when mlx-vlm itself is imported.
+
+PYTEST_DONT_REWRITE: pytest marks the top-level modules of every distribution
+with a ``pytest11`` entry point for assertion rewriting, and warns about any
+already imported. ``mlx-vlm-safe run`` and ``MLX_VLM_SAFE_AUTOPATCH=1`` import
+this package before pytest starts, so without this marker each such session
+began with a ``PytestAssertRewriteWarning`` (fatal under ``-W error``). The
+package has no assertions for pytest to rewrite.
 """
 
 from __future__ import annotations
