@@ -79,6 +79,22 @@ MLX_AXIS = {
 }
 
 
+def mlx_device() -> str:
+    """The device the installed mlx runs on: ``"cuda"``, ``"metal"`` or ``"cpu"``.
+
+    Asked of mlx itself (not of the library, whose own answer the tests check),
+    so that what the tests expect follows the machine: CI is Linux CPU, and
+    the same suite runs on a CUDA box.
+    """
+    import mlx.core as mx
+
+    for name in ("cuda", "metal"):
+        backend = getattr(mx, name, None)
+        if backend is not None and backend.is_available():
+            return name
+    return "cpu"
+
+
 def streams_bound(mlx_version: str, device: str = "cpu") -> bool:
     """Whether this mlx binds streams to the thread that made them."""
     since = CPU_STREAMS_THREAD_BOUND_SINCE if device == "cpu" else "0.31.2"

@@ -27,11 +27,14 @@ STATUS = {
     ERROR: "error",
 }
 
+#: mlx's backend distributions, which ``mlx[cpu]``, ``mlx[cuda]`` (or
+#: ``[cuda12]``/``[cuda13]``) and macOS bring along: the CUDA one is named after
+#: the CUDA major version in recent mlx releases (0.32.4 here), plain
+#: ``mlx-cuda`` in the first ones with a CUDA backend.
+BACKENDS = ("mlx-cpu", "mlx-cuda-12", "mlx-cuda-13", "mlx-cuda", "mlx-metal")
 PACKAGES = (
     "mlx",
-    "mlx-cpu",
-    "mlx-cuda",
-    "mlx-metal",
+    *BACKENDS,
     "mlx-vlm",
     "transformers",
     "wrapt",

@@ -27,7 +27,8 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
 * ``schema`` (str), ``status`` (str, above), ``exit_code`` (int)
 * ``python``: ``version``, ``executable``, ``platform``
 * ``packages``: distribution name -> installed version or ``null``, for
-  mlx, mlx-cpu, mlx-cuda, mlx-metal, mlx-vlm, transformers, wrapt, mlx-vlm-safe
+  mlx, its backends (mlx-cpu, mlx-cuda-12, mlx-cuda-13, mlx-cuda in
+  earlier mlx, mlx-metal), mlx-vlm, transformers, wrapt, mlx-vlm-safe
 * ``mlx``: ``importable`` (bool), ``version``, ``error``
 * ``device``: ``"metal"``, ``"cuda"``, ``"cpu"`` or ``"unknown"``
 * ``mlx_vlm``: ``installed``, ``importable`` (bool), ``error``, ``version``
@@ -276,7 +277,8 @@ def collect(*, live: bool = False) -> Diagnosis:
 
         needed = _verdicts.needed(outcomes)
         applied = {fix.name for fix in f.patch.fixes}
-        verdicts += _verdicts.affected(device, f.found.version, outcomes)
+        details = {p.name: p.detail for p in f.probes}
+        verdicts += _verdicts.affected(device, f.found.version, outcomes, details)
         verdicts.append(_verdicts.fixed_here(f.patch.status, needed, applied))
         verdicts += [_verdicts.pinning(), _verdicts.upstream(f.found.version)]
         warnings += _verdicts.version_warnings(

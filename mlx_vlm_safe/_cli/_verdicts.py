@@ -8,6 +8,8 @@ help? which one fixes it upstream?). Nothing here imports mlx or mlx-vlm.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from packaging.version import InvalidVersion, Version
 
 from .._patch import FIXES
@@ -30,8 +32,17 @@ def _span(wired_limit: str) -> str:
     return f"{rows[0].first}-{rows[-1].last}" if rows else "none"
 
 
-def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list[str]:
-    """Answer "is this environment affected by the NoneType/token crash?"."""
+def affected(
+    device: str,
+    version: str | None,
+    outcomes: dict[str, str],
+    details: Mapping[str, str | None] | None = None,
+) -> list[str]:
+    """Answer "is this environment affected by the NoneType/token crash?".
+
+    ``details`` are the probes' details by name: where a sentence quotes an
+    error, it quotes the one the probe got from the mlx and device loaded here.
+    """
     where = f"mlx-vlm {version or '?'} on {device}"
     wired = outcomes.get("wired_limit")
     lines: list[str] = []
@@ -71,7 +82,8 @@ def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list
             "generation with UnicodeDecodeError in this release's byte-level "
             f"detokenizer (mlx-vlm {UTF8_FIXED_IN} replaces such bytes)."
         )
-    lines.append(_threads(outcomes.get("thread_stream")))
+    thread_error = (details or {}).get("thread_stream")
+    lines.append(_threads(outcomes.get("thread_stream"), thread_error, device))
     row = release_for(version)
     if device == "metal" and row is not None and row.wired_limit == "swallows":
         lines.append(
@@ -81,18 +93,26 @@ def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list
     return lines
 
 
-def _threads(verdict: str | None) -> str:
-    """Answer "can web handlers and thread pools call generate()?"."""
+def _threads(verdict: str | None, error: str | None, device: str) -> str:
+    """Answer "can web handlers and thread pools call generate()?".
+
+    The error quoted is the thread probe's own (``error``: its detail), so it
+    names the stream of the device mlx runs on here (``Stream(gpu, 0)`` on
+    CUDA and Metal); without it, the device's kind of stream.
+    """
     question = (
         "generate() from other threads (web handlers, thread pools, asyncio.to_thread):"
     )
     if verdict == "bound_to_importing_thread":
+        quoted = (error or "").partition("; ")[0].rstrip(".")
+        if not quoted.startswith("RuntimeError: "):
+            kind = "cpu" if device == "cpu" else "gpu"
+            quoted = f"RuntimeError: There is no Stream({kind}, …) in current thread"
         return (
             f"{question} FAILS without the patch: the release made its "
             "generation stream at import and this mlx binds streams to the "
-            "thread that made them (RuntimeError: There is no Stream(cpu, 0) in "
-            "current thread, or the NoneType/token crash where errors are "
-            "swallowed)."
+            f"thread that made them ({quoted}, or the NoneType/token crash where "
+            "errors are swallowed)."
         )
     if verdict == "shared_by_threads":
         return (

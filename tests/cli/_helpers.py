@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from mlx_vlm_safe._cli import _diagnosis
-from tools.matrix import Expected, streams_bound
+from tools.matrix import Expected, mlx_device, streams_bound
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ ROOT_CAUSE = {
 
 
 #: Whether this mlx binds streams to their thread (adds the thread fix).
-BOUND = streams_bound(md.version("mlx"))
+BOUND = streams_bound(md.version("mlx"), mlx_device())
 
 
 def fixes(release: Expected) -> tuple[str, ...]:

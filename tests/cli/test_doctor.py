@@ -20,7 +20,7 @@ import pytest
 
 from mlx_vlm_safe._cli import _diagnosis, _doctor, _render
 from mlx_vlm_safe._releases import release_for
-from tools.matrix import Expected, Install
+from tools.matrix import Expected, Install, mlx_device
 
 from ._helpers import (
     BOUND,
@@ -56,7 +56,7 @@ def test_doctor_json_reports_this_release(
     assert sorted(m["distributions"]) == sorted(install.distributions)
     known = release_for(mlx_vlm.__version__)  # by the code's own version
     assert m["release"] == (f"{known.first}-{known.last}" if known else None)
-    assert d["device"] == "cpu"  # CI is Linux CPU; the release table is for it
+    assert d["device"] == mlx_device()
     assert d["layout"]["kind"] == release.layout
     probes = {p["name"]: p["outcome"] for p in d["probes"]}
     assert probes["wired_limit"] == release.wired_limit
@@ -71,6 +71,10 @@ def test_doctor_json_reports_this_release(
     assert f"NoneType/token crash: {'YES' if yes else 'no'}" in verdicts
     assert "pinning mlx-vlm 0.3.4 help? No: 0.3.2-0.3.10" in verdicts
     assert "0.3.11 lets errors through; 0.6.0 also guards" in verdicts
+    if probes["thread_stream"] == "bound_to_importing_thread":
+        # The error this mlx gave on this device, not a CPU one written down.
+        thread = next(p for p in d["probes"] if p["name"] == "thread_stream")
+        assert thread["detail"].rstrip(".") in verdicts
     warnings = " ".join(d["warnings"])
     disagree = install.metadata_version not in (None, install.version)
     assert ("but the package metadata says" in warnings) is disagree, warnings
@@ -259,3 +263,27 @@ def test_doctor_started_by_run_says_the_patch_was_already_active() -> None:
     assert "this process  patched (active already at start-up" in proc.stdout
     plain = cli_run("doctor")  # the control: doctor patched only itself
     assert "this process  patched (active)\n" in plain.stdout
+
+
+def test_the_mlx_row_names_the_backend_that_is_installed() -> None:
+    """mlx's CUDA backends are mlx-cuda-12 / mlx-cuda-13 (mlx[cuda], [cuda13])."""
+    d = _doctor.collect()
+    assert set(_diagnosis.BACKENDS) <= set(d.packages)
+    mlx = d.packages["mlx"]
+    for backend in ("mlx-cuda-12", "mlx-cuda-13", "mlx-metal", "mlx-cpu"):
+        packages = {**d.packages, **dict.fromkeys(_diagnosis.BACKENDS), backend: mlx}
+        text = _render.render(dataclasses.replace(d, packages=packages))
+        assert f"mlx           {mlx} ({backend} {mlx})\n" in text
+
+
+def test_the_thread_verdict_quotes_the_error_of_this_device() -> None:
+    from mlx_vlm_safe._cli import _verdicts
+
+    bound = {"wired_limit": "swallows", "thread_stream": "bound_to_importing_thread"}
+    gpu = "RuntimeError: There is no Stream(gpu, 2) in current thread."
+    details = {"thread_stream": gpu}
+    on_cuda = " ".join(_verdicts.affected("cuda", "0.3.5", bound, details))
+    assert "(RuntimeError: There is no Stream(gpu, 2) in current thread," in on_cuda
+    assert "Stream(cpu" not in on_cuda
+    unknown = " ".join(_verdicts.affected("cuda", "0.3.5", bound))  # no detail
+    assert "There is no Stream(gpu, …) in current thread" in unknown
