@@ -99,6 +99,8 @@ def render(d: Diagnosis) -> str:
             f"{lv.tokens} tokens, finish_reason {lv.finish_reason}, {lv.seconds:.2f} s;"
             " the same answer on a worker thread"
             if lv.ok
+            else f"NOT RUN: cache folder {lv.cache} unusable"
+            if lv.cache_unusable
             else f"FAILED: {lv.error}"
         )
         out.append(_row("live", result))

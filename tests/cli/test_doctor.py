@@ -287,3 +287,28 @@ def test_the_thread_verdict_quotes_the_error_of_this_device() -> None:
     assert "Stream(cpu" not in on_cuda
     unknown = " ".join(_verdicts.affected("cuda", "0.3.5", bound))  # no detail
     assert "There is no Stream(gpu, …) in current thread" in unknown
+
+
+def test_live_with_an_unusable_cache_folder_says_so_not_cannot_generate(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only HOME in a container is not a broken mlx: its own verdict.
+
+    A folder under a regular file cannot be created, even by root (who writes
+    into read-only modes), so this is what any unusable cache folder does.
+    """
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MLX_VLM_SAFE_CACHE", str(blocker / "cache"))
+    d = _doctor.collect(live=True)
+    assert d.live is not None
+    assert (d.live.ok, d.live.cache_unusable) == (False, True)
+    assert d.live.cache == str(blocker / "cache")
+    assert (d.status, d.exit_code) == ("cache-unusable", _diagnosis.CACHE_UNUSABLE)
+    verdict = next(v for v in d.verdicts if "cache folder" in v)
+    assert str(blocker / "cache") in verdict
+    assert "MLX_VLM_SAFE_CACHE=" in verdict
+    assert "says nothing about mlx" in verdict
+    text = _render.render(d)
+    assert f"NOT RUN: cache folder {blocker / 'cache'} unusable" in text
+    assert text.endswith(f"status: cache-unusable (exit {_diagnosis.CACHE_UNUSABLE})\n")
