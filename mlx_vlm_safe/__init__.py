@@ -25,7 +25,7 @@ from . import _activate
 
 #: Where each public name lives: the one list of the public API. The block
 #: below repeats it for type checkers only (they cannot follow ``__getattr__``);
-#: tests/test_public_api.py checks that the two agree.
+#: tests/test_layout.py checks that the two agree.
 _PUBLIC = {
     "._patch": (
         "Fix",
@@ -62,6 +62,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    __version__: str
     from ._configure import configure as configure
     from ._configure import reset_config as reset_config
     from ._patch import Fix as Fix
@@ -88,16 +89,35 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mlx_vlm_safe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    if name == "__version__":
+        value: Any = _version()
+    else:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'mlx_vlm_safe' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 
 
+def _version() -> str:
+    """The installed distribution's version, read on first use.
+
+    From the package metadata (one source of truth: ``pyproject.toml``),
+    lazily, because ``importlib.metadata`` costs more to import than this
+    whole module. A checkout used from ``PYTHONPATH`` has no metadata: it says
+    ``0+unknown`` rather than a number that may be wrong.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("mlx-vlm-safe")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | {"__version__"})
 
 
 _activate.activate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -218,3 +219,29 @@ def test_the_start_up_hook_spells_booleans_as_the_package_does() -> None:
     boot = importlib.import_module("mlx_vlm_safe._bootstrap._mlx_vlm_safe_autopatch")
     assert (boot.TRUE, boot.FALSE) == (_env._TRUE, _env._FALSE)
     assert boot.VARIABLE == _env.AUTOPATCH
+
+
+def _declared_version() -> str:
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE)
+    assert declared is not None
+    return declared[1]
+
+
+def test_version_is_the_one_pyproject_declares() -> None:
+    assert mlx_vlm_safe.__version__ == _declared_version()
+    assert "__version__" in dir(mlx_vlm_safe)
+
+
+@pytest.mark.subprocess
+def test_version_is_read_only_when_asked() -> None:
+    """``importlib.metadata`` costs more than the package: not on import."""
+    code = (
+        "import sys, mlx_vlm_safe\n"
+        "before = 'importlib.metadata' in sys.modules\n"
+        "print(before, mlx_vlm_safe.__version__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", _declared_version()]

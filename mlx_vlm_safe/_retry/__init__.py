@@ -34,6 +34,7 @@ from ._failures import Runtime
 from ._ladder import CallSpec
 from ._policy import (
     RETRY_SETTINGS,
+    RetryOn,
     RetryPolicy,
     configure,
     get_policy,
@@ -59,6 +60,7 @@ __all__ = [
     "CallState",
     "RetryDetails",
     "RetryHook",
+    "RetryOn",
     "RetryPolicy",
     "Runtime",
     "Verdict",
