@@ -32,7 +32,10 @@ MAY_IMPORT = {
     "testing": {"_patch"},
     "_bootstrap": {"testing"},
 }
-MAX_LINES = 350
+#: Modules are sized by concept, not by count: about 500 lines is the
+#: guideline (split where the concept splits, not to get under a number); past
+#: 500 a module holds more than one concept, and the test fails.
+MAX_LINES = 500
 #: Reaches into a part that are deliberate, with the reason.
 EXCEPTIONS = {
     (
@@ -171,8 +174,11 @@ def test_the_retry_engine_knows_nothing_of_mlx_vlm() -> None:
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_module_is_longer_than_the_limit(module: str) -> None:
+    """~500 lines is a guideline (CONTRIBUTING.md); past 500 this fails."""
     lines = MODULES[module].read_text().count("\n")
-    assert lines <= MAX_LINES, f"{module}: {lines} lines"
+    assert lines <= MAX_LINES, (
+        f"{module}: {lines} lines; split it where its concepts split"
+    )
 
 
 def test_the_public_names_are_listed_once_and_typed_alike() -> None:
