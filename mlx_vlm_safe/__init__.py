@@ -37,10 +37,10 @@ _PUBLIC = {
         "last_outcome",
         "patch",
         "report",
+        "retry",
         "unpatch",
     ),
     "._retry": (
-        "retry",
         "AttemptRecord",
         "RetryDetails",
         "RetryHook",
@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     from ._patch import last_outcome as last_outcome
     from ._patch import patch as patch
     from ._patch import report as report
+    from ._patch import retry as retry
     from ._patch import unpatch as unpatch
     from ._retry import AttemptRecord as AttemptRecord
     from ._retry import RetryDetails as RetryDetails
@@ -84,7 +85,6 @@ if TYPE_CHECKING:
     from ._retry import last_attempts as last_attempts
     from ._retry import policy_from_env as policy_from_env
     from ._retry import retries_disabled as retries_disabled
-    from ._retry import retry as retry
     from ._retry import set_testing as set_testing
 
 

@@ -164,12 +164,31 @@ def test_parts_import_each_other_only_through_their_faces() -> None:
     assert wrong == []
 
 
+#: Names of what the patch targets; the engine's source holds none of them,
+#: in code, strings or comments (its own package name aside). The patch tells
+#: it what it needs (``_patch/_retry_rules.py``).
+_TARGET_NAMES = re.compile(r"mlx(?!_vlm_safe)|metal|cuda|max_tokens", re.IGNORECASE)
+#: The shared modules the engine may use: logging only.
+_ENGINE_SHARED = {"mlx_vlm_safe._log"}
+
+
 def test_the_retry_engine_knows_nothing_of_mlx_vlm() -> None:
     engine = [m for m in MODULES if _part(m) == "_retry"]
+    assert len(engine) > 5
     for module in engine:
         text = MODULES[module].read_text()
-        assert "import mlx" not in text, module
+        named = sorted({m.group(0) for m in _TARGET_NAMES.finditer(text)})
+        assert named == [], f"{module} names {named}"
         assert {_part(t) for t in GRAPH[module]} <= {"", "_retry"}, module
+        shared = {t for t in GRAPH[module] if not _part(t)}
+        assert shared <= _ENGINE_SHARED, module
+
+
+def test_the_name_check_sees_names_anywhere() -> None:
+    """It can fail: a docstring, a string or an identifier all count."""
+    for text in ('"""On Metal."""', 'x = "mlx_vlm"', "max_tokens = 1", "# CUDA"):
+        assert _TARGET_NAMES.search(text), text
+    assert not _TARGET_NAMES.search('log = "mlx_vlm_safe"; MLX_VLM_SAFE_X = 1')
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))

@@ -16,6 +16,8 @@ imports mlx or mlx-vlm: the patch works on whatever ``mlx_vlm`` is loaded
   ``_thread_exit``: what runs on every call.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._api import PatchError, activate, is_patched, on_import, patch, report, unpatch
 from ._inventory import distributions, metadata_version
 from ._locate import locate
@@ -25,6 +27,12 @@ from ._plan import FIXES, examine
 from ._report import Fix, Probe, Report
 from ._results import Outcome, last_outcome, text_of
 from ._thread_exit import arm_thread_exit
+
+if TYPE_CHECKING:
+    from .._retry import Retry
+
+    #: The public ``@retry``: the engine's, told what ``_retry_rules`` knows.
+    retry: Retry
 
 __all__ = [
     "FIXES",
@@ -46,6 +54,19 @@ __all__ = [
     "on_import",
     "patch",
     "report",
+    "retry",
     "text_of",
     "unpatch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``retry``, made on first use: the decorator imports wrapt, the patch not."""
+    if name != "retry":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .._retry import retry_with
+    from ._retry_rules import LADDER, RULES
+
+    value = retry_with(RULES, LADDER)
+    globals()["retry"] = value
+    return value
