@@ -69,6 +69,37 @@ def test_readme_server_coverage_is_generated_from_the_table() -> None:
     assert replace_server_section(text) == text, FIX
 
 
+def test_readme_coverage_line_is_generated_from_the_noxfile() -> None:
+    """The Pythons and environments the README names are the noxfile's."""
+    from tools import coverage_line
+
+    text = README.read_text(encoding="utf-8")
+    line = coverage_line.readme_line()
+    assert coverage_line.section(line) in text, (
+        "README.md's coverage line is stale: run `python tools/coverage_line.py "
+        "--write`"
+    )
+    envs = coverage_line.load_noxfile().ENVIRONMENTS
+    assert line.startswith(
+        f"Tested on Python 3.10\N{EN DASH}3.13, in {len(envs)} mlx-vlm environments"
+    )
+
+
+def test_the_coverage_line_follows_the_environments() -> None:
+    """It can fail: another environment or Python changes the line."""
+    from tools import coverage_line
+
+    env = dataclasses.make_dataclass("Env", ["python"])
+    envs = {"0.3.5": env("3.11"), "0.1.27": env("3.12"), "0.3.5-py3.10": env("3.10")}
+    envs |= {"0.3.5-mlx0.29.3": env("3.11"), "latest": env("3.11")}
+    assert coverage_line.coverage_line(envs, "3.11") == (
+        "Tested on Python 3.10\N{EN DASH}3.12, in 5 mlx-vlm environments "
+        "(`nox -l`): 2 mlx-vlm releases (0.1.27\N{EN DASH}0.3.5) on Python 3.11 "
+        "(3.12 for 0.1.27); "
+        "0.3.5 also on Python 3.10; 1 on an older mlx; 1 more: latest."
+    )
+
+
 def _samples_tool() -> Any:
     path = README.parent / "tools" / "readme_samples.py"
     spec = importlib.util.spec_from_file_location("_readme_samples", path)
