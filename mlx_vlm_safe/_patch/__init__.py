@@ -65,8 +65,8 @@ def __getattr__(name: str) -> Any:
     if name != "retry":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from .._retry import retry_with
-    from ._retry_rules import LADDER, RULES
+    from ._retry_rules import ABOUT, LADDER, RULES
 
-    value = retry_with(RULES, LADDER)
+    value = retry_with(RULES, LADDER, ABOUT)
     globals()["retry"] = value
     return value

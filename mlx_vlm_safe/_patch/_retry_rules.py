@@ -46,6 +46,14 @@ RULES = Rules(
 )
 # fmt: on
 
+#: What the public ``retry`` says it knows (the end of its docstring).
+ABOUT = (
+    "What it retries and shrinks by default is what the patched generate() "
+    "gets: besides MemoryError, the allocation failures mlx and CUDA raise as "
+    "RuntimeError (never mlx-vlm's known defects), and each retry lowers "
+    "max_tokens (512, then 256) unless the policy sets a ladder."
+)
+
 #: The ladder a retry of generate() uses unless the policy sets one: attempt
 #: 2 generates at most 512 tokens, attempt 3 at most 256 (never more than the
 #: caller asked for; see ``_retry._ladder``).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -50,10 +51,14 @@ class Retry(Protocol):
     ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
-def retry_with(rules: Rules, ladder: tuple[Mapping[str, int], ...]) -> Retry:
+def retry_with(
+    rules: Rules, ladder: tuple[Mapping[str, int], ...], about: str = ""
+) -> Retry:
     """A ``retry`` whose targets fail as ``rules`` say and shrink by ``ladder``.
 
-    ``ladder`` applies where the policy leaves ``ladder`` at ``None``.
+    ``ladder`` applies where the policy leaves ``ladder`` at ``None``;
+    ``about`` (what the rules and ladder are, in a sentence or two) ends the
+    docstring of the ``retry`` made.
     """
 
     def retry(
@@ -65,7 +70,10 @@ def retry_with(rules: Rules, ladder: tuple[Mapping[str, int], ...]) -> Retry:
     ) -> Any:
         return _retry(func, policy, policy_overrides, rules, ladder)
 
-    retry.__doc__ = _retry.__doc__
+    if about:
+        about = "\n" + textwrap.indent(textwrap.fill(about, 72), "    ") + "\n"
+    retry.__doc__ = (_retry.__doc__ or "") + about
+    retry.__qualname__ = "retry"  # as help() and reprs show it
     return retry
 
 

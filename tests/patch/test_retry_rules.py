@@ -144,3 +144,12 @@ def test_the_engines_own_retry_knows_neither() -> None:
     with pytest.raises(RuntimeError):
         describe("x")
     assert seen == [1000]
+
+
+def test_the_public_retry_says_what_it_knows() -> None:
+    from mlx_vlm_safe._retry import retry
+
+    public = mlx_vlm_safe.retry.__doc__ or ""
+    assert "lowers\n    max_tokens (512, then 256)" in public
+    assert "max_tokens" not in (retry.__doc__ or "")
+    assert mlx_vlm_safe.retry.__qualname__ == "retry"
