@@ -94,6 +94,14 @@ STACK = (
 PY312_SERVER = "3.12"
 PYTHON = "3.11"
 
+#: Python 3.10 cannot install two of STACK's pins: transformers 5.24.0 and
+#: mlx-lm 0.32.2 need Python 3.11+. These are the newest releases of each that
+#: support 3.10 (what pip resolves there); mlx 0.32.4 and mlx-audio 0.6.2 stay.
+#: Checked: 0.3.5 and 0.7.10 install and run the suite on them.
+PY310_PINS = ("transformers==5.20.2", "mlx-lm==0.31.3")
+#: Pins an environment on this Python needs instead of STACK's (by name).
+PYTHON_PINS = {"3.10": PY310_PINS}
+
 
 @dataclasses.dataclass(frozen=True)
 class Env:
@@ -104,19 +112,25 @@ class Env:
     pinned: bool = True  # constrain the companions to STACK
     matrix_env: str | None = None  # MLX_VLM_SAFE_MATRIX_ENV (forks, co-installs)
     mlx: str | None = None  # another mlx than STACK's, with its own mlx-lm
+    #: On the Python axis: skipped (not run on another Python) where this
+    #: environment's Python is not installed.
+    python_axis: bool = False
 
     def constraints(self) -> tuple[str, ...]:
-        """STACK, with this environment's mlx and the mlx-lm made for it."""
-        if self.mlx is None:
-            return STACK
-        ours = (f"mlx=={self.mlx}", f"mlx-cpu=={self.mlx}", MLX_LM_FOR[self.mlx])
-        ours_names = ("mlx==", "mlx-cpu==", "mlx-lm==")
-        kept = tuple(pin for pin in STACK if not pin.startswith(ours_names))
+        """STACK, with this environment's mlx (and the mlx-lm made for it) and
+        the pins its Python needs instead of STACK's."""
+        ours: tuple[str, ...] = PYTHON_PINS.get(self.python, ())
+        if self.mlx is not None:
+            ours += (f"mlx=={self.mlx}", f"mlx-cpu=={self.mlx}", MLX_LM_FOR[self.mlx])
+        names = tuple(pin.split("==")[0] + "==" for pin in ours)
+        kept = tuple(pin for pin in STACK if not pin.startswith(names))
         return ours + kept
 
 
-def _upstream(version: str, python: str = PYTHON, mlx: str | None = None) -> Env:
-    return Env(((f"mlx-vlm=={version}",),), python=python, mlx=mlx)
+def _upstream(
+    version: str, python: str = PYTHON, mlx: str | None = None, axis: bool = False
+) -> Env:
+    return Env(((f"mlx-vlm=={version}",),), python=python, mlx=mlx, python_axis=axis)
 
 
 #: The mlx-lm to install beside an older mlx: mlx-lm only pins mlx on macOS,
@@ -163,6 +177,19 @@ ENVIRONMENTS: dict[str, Env] = {
         for release, mlxs in TABLE.MLX_AXIS.items()
         for mlx in mlxs
     },
+    # The Python axis (TABLE.PYTHON_AXIS): the package supports Python 3.10+,
+    # and users run python:3.10 images; 3.13 is the newest Python mlx 0.32.4
+    # has wheels for. Every other environment runs 3.11, so these keep the
+    # oldest and the newest release working on the oldest and newest Python:
+    # 3.10 catches syntax and stdlib use newer than 3.10 (and needs older
+    # transformers and mlx-lm: PY310_PINS), 3.13 catches removals and
+    # deprecations. Both install STACK's mlx 0.32.4 (cp310 and cp313 wheels).
+    # Skipped, not substituted, where that Python is not installed.
+    **{
+        f"{release}-py{python}": _upstream(release, python=python, axis=True)
+        for release, pythons in TABLE.PYTHON_AXIS.items()
+        for python in pythons
+    },
     # Whatever is newest on PyPI when CI runs, companions unpinned: a new
     # upstream release that breaks the patch shows up here at once.
     "latest": Env((("mlx-vlm",),), pinned=False),
@@ -180,7 +207,7 @@ ENVIRONMENTS: dict[str, Env] = {
 
 def _version_of(env_id: str) -> str | None:
     """The mlx-vlm release an environment id names ("0.3.5-mlx0.29.3": 0.3.5)."""
-    match = re.fullmatch(r"([\d.]+)(?:-mlx[\d.]+)?", env_id)
+    match = re.fullmatch(r"([\d.]+)(?:-mlx[\d.]+|-py[\d.]+)?", env_id)
     return match.group(1) if match else None
 
 
@@ -196,6 +223,10 @@ def _check_against_table() -> None:
             f"only in the table {sorted((tested - upstream) | (installs - forks))}"
         )
     assert set(TABLE.FRESH_INTERPRETER_ENVS) <= set(ENVIRONMENTS)
+    axis = {f"{r}-py{p}" for r, ps in TABLE.PYTHON_AXIS.items() for p in ps}
+    on_axis = {k for k, e in ENVIRONMENTS.items() if e.python_axis}
+    assert axis == on_axis, (axis, on_axis)
+    assert set(TABLE.PYTHON_AXIS) <= tested, TABLE.PYTHON_AXIS
     for name, env in ENVIRONMENTS.items():
         if env.matrix_env:
             steps = tuple(s for step in env.installs for s in step)
@@ -334,6 +365,8 @@ _PARAMS = [
 def tests(session: nox.Session, env_id: str) -> None:
     """The whole suite against one real mlx-vlm environment on CPU."""
     env = ENVIRONMENTS[env_id]
+    if env.python_axis and _interpreter(env_id).substitute:
+        session.skip(f"Python {env.python} is not installed (never downloaded)")
     constraints: list[str] = []
     if env.pinned:
         path = pathlib.Path(session.create_tmp()) / "constraints.txt"

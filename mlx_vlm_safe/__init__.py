@@ -8,6 +8,13 @@ import into a no-op.
 This module stays tiny on purpose: the public names are loaded on first use
 (PEP 562), so the import costs a few milliseconds and imports neither mlx nor
 mlx_vlm; the work happens when mlx-vlm itself is imported.
+
+PYTEST_DONT_REWRITE: pytest marks the top-level modules of every distribution
+with a ``pytest11`` entry point for assertion rewriting, and warns about any
+already imported. ``mlx-vlm-safe run`` and ``MLX_VLM_SAFE_AUTOPATCH=1`` import
+this package before pytest starts, so without this marker each such session
+began with a ``PytestAssertRewriteWarning`` (fatal under ``-W error``). The
+package has no assertions for pytest to rewrite.
 """
 
 from __future__ import annotations
@@ -31,10 +38,10 @@ _PUBLIC = {
         "last_outcome",
         "patch",
         "report",
+        "retry",
         "unpatch",
     ),
     "._retry": (
-        "retry",
         "AttemptRecord",
         "RetryDetails",
         "RetryHook",
@@ -56,6 +63,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    __version__: str
     from ._configure import configure as configure
     from ._configure import reset_config as reset_config
     from ._patch import Fix as Fix
@@ -67,6 +75,7 @@ if TYPE_CHECKING:
     from ._patch import last_outcome as last_outcome
     from ._patch import patch as patch
     from ._patch import report as report
+    from ._patch import retry as retry
     from ._patch import unpatch as unpatch
     from ._retry import AttemptRecord as AttemptRecord
     from ._retry import RetryDetails as RetryDetails
@@ -77,21 +86,39 @@ if TYPE_CHECKING:
     from ._retry import last_attempts as last_attempts
     from ._retry import policy_from_env as policy_from_env
     from ._retry import retries_disabled as retries_disabled
-    from ._retry import retry as retry
     from ._retry import set_testing as set_testing
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mlx_vlm_safe' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    if name == "__version__":
+        value: Any = _version()
+    else:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'mlx_vlm_safe' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 
 
+def _version() -> str:
+    """The installed distribution's version, read on first use.
+
+    From the package metadata (one source of truth: ``pyproject.toml``),
+    lazily, because ``importlib.metadata`` costs more to import than this
+    whole module. A checkout used from ``PYTHONPATH`` has no metadata: it says
+    ``0+unknown`` rather than a number that may be wrong.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("mlx-vlm-safe")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | {"__version__"})
 
 
 _activate.activate()

@@ -39,6 +39,7 @@ from tools.matrix import (
     Install,
     expected_release,
     install_named,
+    mlx_device,
     streams_bound,
 )
 
@@ -119,7 +120,7 @@ def bound(mlx_vlm: Any) -> bool:
     """Whether the installed mlx binds streams to the thread that made them."""
     import mlx.core as mx
 
-    return streams_bound(mx.__version__)
+    return streams_bound(mx.__version__, mlx_device())
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,10 @@ their settings; ``_configure`` is the one public entry point over both.
 
 from __future__ import annotations
 
+import inspect
+import pathlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -54,14 +58,54 @@ def test_an_invalid_setting_changes_nothing_at_all(
     assert _state() == before
 
 
-def test_an_unknown_name_is_a_type_error_listing_both_kinds() -> None:
+def test_an_unknown_name_is_a_type_error_and_changes_nothing() -> None:
     before = _state()
-    with pytest.raises(TypeError) as caught:
-        mlx_vlm_safe.configure(memory_limit="64MiB", atempts=5)
-    assert "atempts" in str(caught.value)
-    assert "memory_limit" in str(caught.value)
-    assert "attempts" in str(caught.value)
+    with pytest.raises(TypeError, match="atempts"):
+        mlx_vlm_safe.configure(memory_limit="64MiB", atempts=5)  # type: ignore[call-arg]
     assert _state() == before
+
+
+def test_the_signature_names_every_setting_of_every_owner() -> None:
+    """A setting added to an owner but not to the signature (or the reverse)."""
+    from mlx_vlm_safe._patch._memory import MEMORY_SETTINGS
+    from mlx_vlm_safe._retry import RETRY_SETTINGS
+
+    parameters = inspect.signature(mlx_vlm_safe.configure).parameters
+    assert set(parameters) == RETRY_SETTINGS | MEMORY_SETTINGS
+    assert all(p.kind is p.KEYWORD_ONLY for p in parameters.values())
+    assert {repr(p.default) for p in parameters.values()} == {"UNCHANGED"}
+
+
+def test_unchanged_settings_stay_as_they_are() -> None:
+    mlx_vlm_safe.configure(attempts=5, deadline=None, memory_limit="64MiB")
+    policy = mlx_vlm_safe.configure(wait_base=0.5)
+    assert (policy.attempts, policy.deadline, policy.wait_base) == (5, None, 0.5)
+    assert memory_settings().limit == 64 * 2**20
+
+
+_TYPING_SNIPPET = """
+import mlx_vlm_safe
+
+mlx_vlm_safe.configure(attempts=2, memory_limit="1GiB", deadline=None)
+mlx_vlm_safe.configure(atempts=2)
+mlx_vlm_safe.configure(attempts="2")
+"""
+
+
+def test_a_type_checker_rejects_a_misspelt_or_mistyped_setting(
+    tmp_path: pathlib.Path,
+) -> None:
+    snippet = tmp_path / "typing_configure.py"
+    snippet.write_text(_TYPING_SNIPPET)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+         "--cache-dir", str(tmp_path / "cache"), str(snippet)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    out = result.stdout
+    assert 'Unexpected keyword argument "atempts" for "configure"' in out, out
+    assert 'Argument "attempts" to "configure" has incompatible type "str"' in out, out
+    assert out.count("error:") == 2, out
 
 
 def test_reset_forgets_both_kinds() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -31,7 +32,10 @@ MAY_IMPORT = {
     "testing": {"_patch"},
     "_bootstrap": {"testing"},
 }
-MAX_LINES = 350
+#: Modules are sized by concept, not by count: about 500 lines is the
+#: guideline (split where the concept splits, not to get under a number); past
+#: 500 a module holds more than one concept, and the test fails.
+MAX_LINES = 500
 #: Reaches into a part that are deliberate, with the reason.
 EXCEPTIONS = {
     (
@@ -160,18 +164,40 @@ def test_parts_import_each_other_only_through_their_faces() -> None:
     assert wrong == []
 
 
+#: Names of what the patch targets; the engine's source holds none of them,
+#: in code, strings or comments (its own package name aside). The patch tells
+#: it what it needs (``_patch/_retry_rules.py``).
+_TARGET_NAMES = re.compile(r"mlx(?!_vlm_safe)|metal|cuda|max_tokens", re.IGNORECASE)
+#: The shared modules the engine may use: logging only.
+_ENGINE_SHARED = {"mlx_vlm_safe._log"}
+
+
 def test_the_retry_engine_knows_nothing_of_mlx_vlm() -> None:
     engine = [m for m in MODULES if _part(m) == "_retry"]
+    assert len(engine) > 5
     for module in engine:
         text = MODULES[module].read_text()
-        assert "import mlx" not in text, module
+        named = sorted({m.group(0) for m in _TARGET_NAMES.finditer(text)})
+        assert named == [], f"{module} names {named}"
         assert {_part(t) for t in GRAPH[module]} <= {"", "_retry"}, module
+        shared = {t for t in GRAPH[module] if not _part(t)}
+        assert shared <= _ENGINE_SHARED, module
+
+
+def test_the_name_check_sees_names_anywhere() -> None:
+    """It can fail: a docstring, a string or an identifier all count."""
+    for text in ('"""On Metal."""', 'x = "mlx_vlm"', "max_tokens = 1", "# CUDA"):
+        assert _TARGET_NAMES.search(text), text
+    assert not _TARGET_NAMES.search('log = "mlx_vlm_safe"; MLX_VLM_SAFE_X = 1')
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_module_is_longer_than_the_limit(module: str) -> None:
+    """~500 lines is a guideline (CONTRIBUTING.md); past 500 this fails."""
     lines = MODULES[module].read_text().count("\n")
-    assert lines <= MAX_LINES, f"{module}: {lines} lines"
+    assert lines <= MAX_LINES, (
+        f"{module}: {lines} lines; split it where its concepts split"
+    )
 
 
 def test_the_public_names_are_listed_once_and_typed_alike() -> None:
@@ -280,3 +306,29 @@ def test_the_stage_check_sees_a_back_edge() -> None:
     probes, fix = f"{_PATCH}._probes", f"{_PATCH}._fixes._wired_limit"
     graph = {**GRAPH, probes: GRAPH[probes] | {fix}}
     assert _back_edges(graph) == [f"{probes} -> {fix}"]
+
+
+def _declared_version() -> str:
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE)
+    assert declared is not None
+    return declared[1]
+
+
+def test_version_is_the_one_pyproject_declares() -> None:
+    assert mlx_vlm_safe.__version__ == _declared_version()
+    assert "__version__" in dir(mlx_vlm_safe)
+
+
+@pytest.mark.subprocess
+def test_version_is_read_only_when_asked() -> None:
+    """``importlib.metadata`` costs more than the package: not on import."""
+    code = (
+        "import sys, mlx_vlm_safe\n"
+        "before = 'importlib.metadata' in sys.modules\n"
+        "print(before, mlx_vlm_safe.__version__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", _declared_version()]

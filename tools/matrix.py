@@ -82,6 +82,34 @@ MLX_AXIS = {
 }
 
 
+#: The Python axis of the CI matrix: release -> the other Pythons it also runs
+#: on (every environment runs 3.11, or 3.12 where the noxfile says why): the
+#: oldest release in common use and the newest, on the oldest Python the
+#: package supports (3.10: what ``python:3.10`` images run) and the newest
+#: that mlx 0.32.4 has wheels for (3.13). Where such a Python is not
+#: installed, its environment is skipped, never downloaded.
+PYTHON_AXIS = {
+    "0.3.5": ("3.10", "3.13"),
+    "0.7.10": ("3.10", "3.13"),
+}
+
+
+def mlx_device() -> str:
+    """The device the installed mlx runs on: ``"cuda"``, ``"metal"`` or ``"cpu"``.
+
+    Asked of mlx itself (not of the library, whose own answer the tests check),
+    so that what the tests expect follows the machine: CI is Linux CPU, and
+    the same suite runs on a CUDA box.
+    """
+    import mlx.core as mx
+
+    for name in ("cuda", "metal"):
+        backend = getattr(mx, name, None)
+        if backend is not None and backend.is_available():
+            return name
+    return "cpu"
+
+
 def streams_bound(mlx_version: str, device: str = "cpu") -> bool:
     """Whether this mlx binds streams to the thread that made them."""
     since = CPU_STREAMS_THREAD_BOUND_SINCE if device == "cpu" else "0.31.2"

@@ -10,8 +10,10 @@ machine's own facts generalized so that they do not depend on where and by
 whom they were made: the virtualenv's path becomes ``.venv``, the cache
 folder ``~/.cache/mlx_vlm_safe``, the Python version its major.minor, the
 platform ``Linux-<kernel>-x86_64``, and the memory guard's figures (this
-machine's free memory) ``<n> MiB``. Everything else is the command's output,
-verbatim.
+machine's free memory) ``<n> MiB``. The samples are CPU ones; on a machine
+where mlx runs on another device (asked of mlx: :func:`device`), that
+device's name, backend package and stream become the CPU's. Everything else
+is the command's output, verbatim.
 """
 
 from __future__ import annotations
@@ -49,8 +51,30 @@ def _environ(cache: str) -> dict[str, str]:
     return env
 
 
+def device() -> str:
+    """The device mlx runs on here: ``"cuda"``, ``"metal"`` or ``"cpu"``."""
+    import mlx.core as mx
+
+    for name in ("cuda", "metal"):
+        backend = getattr(mx, name, None)
+        if backend is not None and backend.is_available():
+            return name
+    return "cpu"
+
+
+def as_on_cpu(text: str, on: str) -> str:
+    """``text`` printed on device ``on``, with that device's facts as the CPU's."""
+    if on == "cpu":
+        return text
+    text = re.sub(rf"\bon {on}\b", "on cpu", text)
+    text = re.sub(rf"^(  device +){on}$", r"\g<1>cpu", text, flags=re.MULTILINE)
+    text = re.sub(r"\(mlx-(?:cuda(?:-\d+)?|metal) ", "(mlx-cpu ", text)
+    return re.sub(r"Stream\(gpu, \d+\)", "Stream(cpu, 0)", text)
+
+
 def generalize(text: str, cache: str) -> str:
     """``text`` without what differs between machines (see the module doc)."""
+    text = as_on_cpu(text, device())
     text = text.replace(cache, "~/.cache/mlx_vlm_safe")
     text = text.replace(sys.prefix, ".venv")
     text = text.replace(platform.platform(), "Linux-<kernel>-x86_64")

@@ -13,6 +13,11 @@ It runs while ``site`` is still setting the interpreter up, so it never
 raises: a value that is not a boolean gives one line on stderr and leaves the
 patch off (we refuse to guess whether ``MLX_VLM_SAFE_AUTOPATCH=enable`` or
 ``=maybe`` means on; the spellings are those of ``MLX_VLM_SAFE_DISABLE``).
+
+PYTEST_DONT_REWRITE: this module is imported before pytest starts (it is the
+activation), while pytest marks it for assertion rewriting because it belongs
+to a distribution with a ``pytest11`` entry point; the marker keeps pytest from
+warning that it "cannot be rewritten" (fatal under ``-W error``).
 """
 
 # No ``from __future__ import annotations``: at start-up every import counts,

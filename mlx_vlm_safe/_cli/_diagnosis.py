@@ -19,19 +19,24 @@ AFFECTED_FIXED = 3
 CANNOT_GENERATE = 4
 NOT_INSTALLED = 5
 ERROR = 6
+CACHE_UNUSABLE = 7
 STATUS = {
     HEALTHY: "healthy",
     AFFECTED_FIXED: "affected-fixed",
     CANNOT_GENERATE: "cannot-generate",
     NOT_INSTALLED: "not-installed",
     ERROR: "error",
+    CACHE_UNUSABLE: "cache-unusable",
 }
 
+#: mlx's backend distributions, which ``mlx[cpu]``, ``mlx[cuda]`` (or
+#: ``[cuda12]``/``[cuda13]``) and macOS bring along: the CUDA one is named after
+#: the CUDA major version in recent mlx releases (0.32.4 here), plain
+#: ``mlx-cuda`` in the first ones with a CUDA backend.
+BACKENDS = ("mlx-cpu", "mlx-cuda-12", "mlx-cuda-13", "mlx-cuda", "mlx-metal")
 PACKAGES = (
     "mlx",
-    "mlx-cpu",
-    "mlx-cuda",
-    "mlx-metal",
+    *BACKENDS,
     "mlx-vlm",
     "transformers",
     "wrapt",
@@ -89,6 +94,11 @@ class Live:
     #: The same call on a new worker thread: ``None`` if it was not reached,
     #: else whether it gave the main thread's answer (``error`` says why not).
     worker_thread_same: bool | None = None
+    #: The folder the tiny checkpoint is built in and read from.
+    cache: str | None = None
+    #: The checkpoint could not be built there (a read-only ``HOME`` in a
+    #: container...): nothing was generated, and nothing is known of mlx.
+    cache_unusable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,10 @@ code  ``status``        meaning
 5     not-installed     mlx-vlm is not installed in this environment
 6     error             affected and the patch is not in place (kill switch,
                         patch failure), or doctor itself failed
+7     cache-unusable    ``--live`` could not build the tiny checkpoint: its
+                        cache folder cannot be written (``MLX_VLM_SAFE_CACHE``
+                        or ``XDG_CACHE_HOME`` point it elsewhere); mlx was
+                        not tried
 ====  ================  ====================================================
 
 (2 stays argparse's usage error.) ``--json`` prints one object with the same
@@ -27,7 +31,8 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
 * ``schema`` (str), ``status`` (str, above), ``exit_code`` (int)
 * ``python``: ``version``, ``executable``, ``platform``
 * ``packages``: distribution name -> installed version or ``null``, for
-  mlx, mlx-cpu, mlx-cuda, mlx-metal, mlx-vlm, transformers, wrapt, mlx-vlm-safe
+  mlx, its backends (mlx-cpu, mlx-cuda-12, mlx-cuda-13, mlx-cuda in
+  earlier mlx, mlx-metal), mlx-vlm, transformers, wrapt, mlx-vlm-safe
 * ``mlx``: ``importable`` (bool), ``version``, ``error``
 * ``device``: ``"metal"``, ``"cuda"``, ``"cpu"`` or ``"unknown"``
 * ``mlx_vlm``: ``installed``, ``importable`` (bool), ``error``, ``version``
@@ -50,8 +55,10 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
   ``sources`` (room per source: ``cgroup``, ``MemAvailable``, ``RLIMIT_AS``,
   ``memory_limit``), ``margin``, ``summary``
 * ``live``: ``null`` without ``--live``, else ``{ok, tokens, text,
-  finish_reason, seconds, error, worker_thread_same}``: the same greedy call
-  runs on this thread, then on a worker thread, and ``ok`` needs both
+  finish_reason, seconds, error, worker_thread_same, cache,
+  cache_unusable}``: the same greedy call runs on this thread, then on a
+  worker thread, and ``ok`` needs both; ``cache`` is the tiny checkpoint's
+  folder, ``cache_unusable`` whether it could not be built there
 
 If doctor itself fails, the object has only ``schema``, ``status``
 (``"error"``), ``exit_code`` (6) and ``error``.
@@ -76,6 +83,7 @@ from .._log import describe
 from .._patch import Probe
 from ._diagnosis import (
     AFFECTED_FIXED,
+    CACHE_UNUSABLE,
     CANNOT_GENERATE,
     ERROR,
     HEALTHY,
@@ -197,10 +205,22 @@ def _elsewhere(a: Activation) -> str:
     )
 
 
+def _unusable_cache(live: Live) -> str:
+    """Why ``--live`` generated nothing, when the cache folder is to blame."""
+    return (
+        f"The live check could not run: the tiny checkpoint's cache folder "
+        f"{live.cache} is unusable ({live.error}). This says nothing about mlx "
+        "or mlx-vlm. Point it at a writable folder and run doctor --live again: "
+        "MLX_VLM_SAFE_CACHE=/tmp/mlx_vlm_safe (or XDG_CACHE_HOME=/tmp/cache; "
+        "the default is ~/.cache/mlx_vlm_safe)."
+    )
+
+
 def _exit_code(f: _Findings, mlx: dict[str, Any], needed: set[str]) -> int:
     if not f.found.installed:
         return NOT_INSTALLED
-    if not (f.found.importable and mlx["importable"]) or (f.live and not f.live.ok):
+    live_failed = f.live is not None and not f.live.ok and not f.live.cache_unusable
+    if not (f.found.importable and mlx["importable"]) or live_failed:
         return CANNOT_GENERATE
     applied = {fix.name for fix in f.patch.fixes} if f.patch.active else set()
     missing = needed - applied
@@ -208,6 +228,10 @@ def _exit_code(f: _Findings, mlx: dict[str, Any], needed: set[str]) -> int:
         return CANNOT_GENERATE
     if missing:
         return ERROR
+    if f.live and f.live.cache_unusable:
+        # A good answer the live check was asked to confirm and could not: it
+        # never reached mlx, so neither "healthy" nor "cannot-generate".
+        return CACHE_UNUSABLE
     return AFFECTED_FIXED if needed else HEALTHY
 
 
@@ -276,13 +300,16 @@ def collect(*, live: bool = False) -> Diagnosis:
 
         needed = _verdicts.needed(outcomes)
         applied = {fix.name for fix in f.patch.fixes}
-        verdicts += _verdicts.affected(device, f.found.version, outcomes)
+        details = {p.name: p.detail for p in f.probes}
+        verdicts += _verdicts.affected(device, f.found.version, outcomes, details)
         verdicts.append(_verdicts.fixed_here(f.patch.status, needed, applied))
         verdicts += [_verdicts.pinning(), _verdicts.upstream(f.found.version)]
         warnings += _verdicts.version_warnings(
             f.found.version, f.found.metadata_version, f.found.distributions
         )
         verdicts.append(_elsewhere(activation))
+    if f.live is not None and f.live.cache_unusable:
+        verdicts.append(_unusable_cache(f.live))
     if activation.autopatch_variable is not None and activation.autopatch is None:
         warnings.append(
             f"{AUTOPATCH}={activation.autopatch_variable!r} is not a boolean: "

@@ -42,14 +42,32 @@ def live_generation(mlx_vlm: ModuleType, home: str | None) -> Live:
     Twice: on this thread, then on a worker thread (where web servers and
     thread pools call ``generate()``), which must give the same greedy answer.
     """
-    from ..testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
+    from ..testing import (
+        build_tiny_checkpoint,
+        default_cache_dir,
+        tiny_image_path,
+        tiny_prompt,
+    )
 
     generate = getattr(mlx_vlm, "generate", None)
     if not callable(generate) and home in sys.modules:  # 0.1.x: the CLI module
         generate = getattr(sys.modules[home], "generate", None)
     start = time.perf_counter()
+    cache = str(default_cache_dir())
     try:
-        model, processor = mlx_vlm.load(str(build_tiny_checkpoint()))
+        # Its own step: a folder that cannot be written (a read-only HOME in a
+        # container) is an OSError here, and says nothing about mlx.
+        checkpoint, image = build_tiny_checkpoint(), tiny_image_path()
+    except OSError as exc:
+        return Live(
+            ok=False,
+            seconds=time.perf_counter() - start,
+            error=describe(exc),
+            cache=cache,
+            cache_unusable=True,
+        )
+    try:
+        model, processor = mlx_vlm.load(str(checkpoint))
         prompt = tiny_prompt(processor, model.config, "Describe the picture.")
 
         def call() -> object:
@@ -57,7 +75,7 @@ def live_generation(mlx_vlm: ModuleType, home: str | None) -> Live:
                 model,
                 processor,
                 prompt,
-                image=[str(tiny_image_path())],
+                image=[str(image)],
                 max_tokens=LIVE_TOKENS,
                 verbose=False,
                 temperature=0.0,
@@ -65,7 +83,8 @@ def live_generation(mlx_vlm: ModuleType, home: str | None) -> Live:
 
         result = call()
     except Exception as exc:
-        return Live(ok=False, seconds=time.perf_counter() - start, error=describe(exc))
+        seconds = time.perf_counter() - start
+        return Live(ok=False, seconds=seconds, error=describe(exc), cache=cache)
     seconds = time.perf_counter() - start
     text = str(text_of(result))
     tokens = getattr(result, "generation_tokens", None)
@@ -87,4 +106,5 @@ def live_generation(mlx_vlm: ModuleType, home: str | None) -> Live:
         seconds=round(seconds, 3),
         error=failure,
         worker_thread_same=same,
+        cache=cache,
     )

@@ -81,7 +81,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="diagnose this environment; the exit status is the verdict",
         description="Versions, device, probes, fixes and plain verdicts. Exit "
         "status: 0 healthy, 3 affected but fixed by the patch, 4 cannot "
-        "generate here, 5 mlx-vlm not installed, 6 error.",
+        "generate here, 5 mlx-vlm not installed, 6 error, 7 --live found its "
+        "cache folder unusable.",
     )
     doctor.add_argument("--json", action="store_true", help="one JSON object")
     doctor.add_argument(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import textwrap
 
 from .._env import AUTOPATCH
-from ._diagnosis import Diagnosis
+from ._diagnosis import BACKENDS, Diagnosis
 
 
 def _row(label: str, value: object) -> str:
@@ -46,7 +46,7 @@ def _this_process(d: Diagnosis) -> str:
 def render(d: Diagnosis) -> str:
     """The human-readable form: facts, probes, patch, then verdicts."""
     v = d.packages
-    backends = [f"{n} {v[n]}" for n in ("mlx-cpu", "mlx-cuda", "mlx-metal") if v[n]]
+    backends = [f"{n} {v[n]}" for n in BACKENDS if v[n]]
     mlx = f"{v['mlx'] or '-'} ({', '.join(backends) or 'no backend package'})"
     if v["mlx"] is None and not d.mlx["importable"]:
         mlx = "not installed"
@@ -99,6 +99,8 @@ def render(d: Diagnosis) -> str:
             f"{lv.tokens} tokens, finish_reason {lv.finish_reason}, {lv.seconds:.2f} s;"
             " the same answer on a worker thread"
             if lv.ok
+            else f"NOT RUN: cache folder {lv.cache} unusable"
+            if lv.cache_unusable
             else f"FAILED: {lv.error}"
         )
         out.append(_row("live", result))

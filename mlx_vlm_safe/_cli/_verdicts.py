@@ -11,6 +11,8 @@ imports mlx or mlx-vlm.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from packaging.version import InvalidVersion, Version
 
 from .._patch import FIXES
@@ -31,20 +33,30 @@ def _span(wired_limit: str) -> str:
     return f"{rows[0].first}-{rows[-1].last}" if rows else "none"
 
 
-def affected(device: str, version: str | None, outcomes: dict[str, str]) -> list[str]:
+def affected(
+    device: str,
+    version: str | None,
+    outcomes: dict[str, str],
+    details: Mapping[str, str | None] | None = None,
+) -> list[str]:
     """Answer "is this environment affected?": one sentence per defect found.
 
     The NoneType/token crash first and the threads last, whatever was found;
-    in between, each defect the probes found, in ``FIXES`` order.
+    in between, each defect the probes found, in ``FIXES`` order. ``details``
+    are the probes' details by name: where a sentence quotes an error, it
+    quotes the one the probe got from the mlx and device loaded here.
     """
     where = f"mlx-vlm {version or '?'} on {device}"
+    stream = _stream_error((details or {}).get(_THREADS), device)
     found = [spec for spec in FIXES if spec.doctor and spec.found(outcomes)]
     crash = next((s for s in found if _CRASH in s.when), None)
     threads = next((s for s in found if _THREADS in s.when), None)
     lines = [crash.sentence(where) if crash else _no_crash(where, outcomes)]
     lines += [s.sentence(where) for s in found if s not in (crash, threads)]
     lines.append(
-        threads.sentence(where) if threads else _threads(outcomes.get(_THREADS))
+        threads.sentence(where, stream=stream)
+        if threads
+        else _threads(outcomes.get(_THREADS))
     )
     row = release_for(version)
     if device == "metal" and row is not None and row.verdicts[_CRASH] == "swallows":
@@ -66,6 +78,19 @@ def _no_crash(where: str, outcomes: dict[str, str]) -> str:
         f"Affected by the NoneType/token crash: unknown. {where}: the "
         "wired_limit probe did not run."
     )
+
+
+def _stream_error(error: str | None, device: str) -> str:
+    """The thread probe's own error, else the device's kind of stream.
+
+    So the sentence names the stream of the device mlx runs on here
+    (``Stream(gpu, 0)`` on CUDA and Metal), not always the CPU's.
+    """
+    quoted = (error or "").partition("; ")[0].rstrip(".")
+    if quoted.startswith("RuntimeError: "):
+        return quoted
+    kind = "cpu" if device == "cpu" else "gpu"
+    return f"RuntimeError: There is no Stream({kind}, …) in current thread"
 
 
 def _threads(verdict: str | None) -> str:

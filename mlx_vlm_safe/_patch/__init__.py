@@ -21,6 +21,8 @@ A module imports only its own stage or an earlier one, in the order
 ``switched_off`` is for the tests: the patch without some fixes.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._api import (
     PatchError,
     activate,
@@ -39,6 +41,12 @@ from ._plan import FIXES, examine
 from ._report import Fix, Probe, Report
 from ._results import Outcome, last_outcome, text_of
 from ._thread_exit import arm_thread_exit
+
+if TYPE_CHECKING:
+    from .._retry import Retry
+
+    #: The public ``@retry``: the engine's, told what ``_retry_rules`` knows.
+    retry: Retry
 
 __all__ = [
     "FIXES",
@@ -61,6 +69,19 @@ __all__ = [
     "patch",
     "report",
     "switched_off",
+    "retry",
     "text_of",
     "unpatch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``retry``, made on first use: the decorator imports wrapt, the patch not."""
+    if name != "retry":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .._retry import retry_with
+    from ._retry_rules import ABOUT, LADDER, RULES
+
+    value = retry_with(RULES, LADDER, ABOUT)
+    globals()["retry"] = value
+    return value

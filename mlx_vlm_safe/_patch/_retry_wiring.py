@@ -4,7 +4,8 @@ Strictly private. The engine (``_retry``) knows nothing about mlx-vlm; this
 module tells it what it needs: which keywords the release accepts (so the
 ladder never injects one it does not know), the release's defaults (so a step
 never raises the caller's budget above them), when a result counts as empty,
-and how many tokens an attempt produced.
+how many tokens an attempt produced, and (``_retry_rules``) which mlx and
+mlx-vlm failures a retry can fix and the ``max_tokens`` ladder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .._retry import STATE, CallSpec, call_runner, stream_with_retry
 from ._behaviour import Behaviour
 from ._locate import LADDER_KEYWORDS, Located
 from ._results import EMPTY, TOKENS
+from ._retry_rules import LADDER, RULES
 
 _call_state = STATE.get
 CallRunner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
@@ -66,6 +68,8 @@ def runners(located: Located, behaviour: Behaviour) -> tuple[CallRunner, StreamR
         is_empty=_empty_generation,
         progress=_tokens,
         positions=_positions(located.generate),
+        rules=RULES,
+        ladder=LADDER,
     )
     stream_spec = CallSpec(
         name=behaviour.name.replace("generate", "stream_generate"),
@@ -73,6 +77,8 @@ def runners(located: Located, behaviour: Behaviour) -> tuple[CallRunner, StreamR
         defaults=located.defaults,
         progress=_tokens,
         positions=_positions(located.stream_generate),
+        rules=RULES,
+        ladder=LADDER,
     )
 
     stream: StreamRunner = functools.partial(stream_with_retry, spec=stream_spec)

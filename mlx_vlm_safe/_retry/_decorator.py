@@ -4,41 +4,85 @@ Built on wrapt's ``FunctionWrapper`` (descriptor binding for methods, class
 and static methods done right) and on the engine's runners, so a decorated
 call pays what a patched ``generate()`` pays. Kept apart from the engine
 because wrapt costs tens of milliseconds to import: the patch never needs it.
+
+``retry`` here knows nothing of its targets: the generic classification
+table and no ladder (unless the policy sets one). :func:`retry_with` makes a
+``retry`` that tells the engine about its targets (their failures and their
+default ladder); the package's public ``retry`` is one, made by the patch
+with what it knows of the library it patches.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+import textwrap
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, overload
 
 import wrapt
 
+from ._classify import NO_RULES, Rules
 from ._engine import Runner, call_runner
 from ._failures import DEFAULT_RUNTIME
 from ._ladder import CallSpec
 from ._policy import Overrides, PolicyLike, RetryPolicy
 from ._streams import stream_engine
 
-__all__ = ["retry"]
+__all__ = ["Retry", "retry", "retry_with"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@overload
-def retry(func: Callable[P, R], /) -> Callable[P, R]: ...
-@overload
-def retry(
-    func: None = None, /, *, policy: RetryPolicy | None = None, **policy_overrides: Any
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-def retry(
-    func: Callable[..., Any] | None = None,
-    /,
-    *,
-    policy: RetryPolicy | None = None,
-    **policy_overrides: Any,
+class Retry(Protocol):
+    """The type of ``retry`` and of what :func:`retry_with` makes."""
+
+    @overload
+    def __call__(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+    @overload
+    def __call__(
+        self,
+        func: None = None,
+        /,
+        *,
+        policy: RetryPolicy | None = None,
+        **policy_overrides: Any,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def retry_with(
+    rules: Rules, ladder: tuple[Mapping[str, int], ...], about: str = ""
+) -> Retry:
+    """A ``retry`` whose targets fail as ``rules`` say and shrink by ``ladder``.
+
+    ``ladder`` applies where the policy leaves ``ladder`` at ``None``;
+    ``about`` (what the rules and ladder are, in a sentence or two) ends the
+    docstring of the ``retry`` made.
+    """
+
+    def retry(
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        policy: RetryPolicy | None = None,
+        **policy_overrides: Any,
+    ) -> Any:
+        return _retry(func, policy, policy_overrides, rules, ladder)
+
+    if about:
+        about = "\n" + textwrap.indent(textwrap.fill(about, 72), "    ") + "\n"
+    retry.__doc__ = (_retry.__doc__ or "") + about
+    retry.__qualname__ = "retry"  # as help() and reprs show it
+    return retry
+
+
+def _retry(
+    func: Callable[..., Any] | None,
+    policy: RetryPolicy | None,
+    policy_overrides: dict[str, Any],
+    rules: Rules,
+    ladder: tuple[Mapping[str, int], ...],
 ) -> Any:
     """Retry ``func`` under a policy: ``@retry`` or ``@retry(attempts=5, ...)``.
 
@@ -58,9 +102,13 @@ def retry(
         chosen = Overrides(policy_overrides)
 
     def decorate(target: Callable[..., Any]) -> Any:
-        return _wrap(target, chosen)
+        return _wrap(target, chosen, rules, ladder)
 
     return decorate if func is None else decorate(func)
+
+
+#: The engine's own ``retry``: the generic table, no ladder of its own.
+retry = retry_with(NO_RULES, ())
 
 
 _Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -91,17 +139,22 @@ class _Retrying(_FunctionWrapper):
         return self._self_run(self.__wrapped__, args, kwargs)
 
 
-def _wrap(target: Any, policy: PolicyLike) -> Any:
+def _wrap(
+    target: Any,
+    policy: PolicyLike,
+    rules: Rules,
+    ladder: tuple[Mapping[str, int], ...],
+) -> Any:
     inner = (
         target.__func__ if isinstance(target, classmethod | staticmethod) else target
     )
     if inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner):
         raise TypeError(f"retry() does not support async callables: {inner!r}")
-    plain = CallSpec.from_callable(inner)
+    plain = CallSpec.from_callable(inner, rules=rules, ladder=ladder)
     bound = (
         plain
         if isinstance(target, staticmethod)
-        else CallSpec.from_callable(inner, bound=True)
+        else CallSpec.from_callable(inner, bound=True, rules=rules, ladder=ladder)
     )
     rt = DEFAULT_RUNTIME  # bound at decoration; tests swap it before decorating
     if inspect.isgeneratorfunction(inner):

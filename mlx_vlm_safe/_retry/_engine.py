@@ -1,7 +1,7 @@
 """Retry what can succeed on retry, with less work: the call path of the engine.
 
-``call_with_retry`` (and ``stream_with_retry`` in ``_streams``) know nothing
-about mlx-vlm: the caller describes its target with a ``CallSpec``; ``@retry``
+``call_with_retry`` (and ``stream_with_retry`` in ``_streams``) know no
+library: the caller describes its target with a ``CallSpec``; ``@retry``
 (``_decorator``) derives the spec from a signature. Rules, each answering a
 known complaint about retry wrappers:
 
@@ -78,7 +78,7 @@ def call_runner(
     """
     rt = DEFAULT_RUNTIME if runtime is None else runtime
     clock = rt.clock
-    predicate, progress = spec.is_empty, spec.progress
+    predicate, progress, rules = spec.is_empty, spec.progress, spec.rules
     get_state, set_state, new = _get_state, _set_state, CallState
 
     def run(fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -93,7 +93,7 @@ def call_runner(
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            if settled_at_once(exc, policy, state, clock):
+            if settled_at_once(exc, policy, state, clock, rules):
                 raise
             outcome: Any = exc
             failed = True

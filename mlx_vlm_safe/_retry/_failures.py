@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ._classify import Verdict, explain
+from ._classify import Rules, Verdict, explain
 from ._context import CallState
 from ._events import (
     NO_CHANGES,
@@ -32,7 +32,7 @@ from ._events import (
     notify,
     retry_log,
 )
-from ._ladder import CallSpec, apply_changes, ladder_changes
+from ._ladder import CallSpec, apply_changes, ladder_changes, ladder_for
 from ._policy import PolicyLike, RetryPolicy, resolve, testing_override
 
 __all__ = ["DEFAULT_RUNTIME", "RetryLoop", "Runtime"]
@@ -84,6 +84,7 @@ def settled_at_once(
     policy: PolicyLike,
     state: CallState,
     clock: Callable[[], float],
+    rules: Rules,
 ) -> bool:
     """Settle a first-attempt error no retry can fix, without the loop.
 
@@ -92,7 +93,7 @@ def settled_at_once(
     caller re-raises it with a bare ``raise`` so the traceback is the one
     without the wrapper plus one frame. Returns False if it may be retried.
     """
-    if explain(exc, resolve(policy)).verdict is Verdict.RETRY:
+    if explain(exc, resolve(policy), rules).verdict is Verdict.RETRY:
         return False
     duration = clock() - state.started
     record = (1, NO_CHANGES, type(exc).__name__, duration, None, 0.0)
@@ -155,6 +156,7 @@ class RetryLoop:
         self.fixed_wait = forced.wait if forced else None
         self.attempt, self.args, self.kwargs = attempt, args, kwargs
         self.spec, self.empty, self.state, self.rt = spec, empty, state, rt
+        self.ladder = ladder_for(self.policy.ladder, spec)
         self.stream = stream
         self.records: list[AttemptRecord] = []
 
@@ -182,7 +184,7 @@ class RetryLoop:
                     )
                 wait = decision.wait
                 changes = ladder_changes(
-                    self.policy.ladder, number + 1, self.spec, self.args, self.kwargs
+                    self.ladder, number + 1, self.spec, self.args, self.kwargs
                 )
                 error = outcome if failed else None
                 self._tell(
@@ -210,7 +212,7 @@ class RetryLoop:
         """Whether attempt ``number``'s outcome is retried, kept, or the end."""
         policy = self.policy
         if failed:
-            verdict, why = explain(outcome, policy)
+            verdict, why = explain(outcome, policy, self.spec.rules)
             if verdict is Verdict.NEVER:
                 return Decision(Action.GIVE_UP, "not-retryable", why)
         elif not policy.retry_empty:

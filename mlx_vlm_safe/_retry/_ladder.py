@@ -1,9 +1,10 @@
 """The degradation ladder: which keyword values each retry uses.
 
 A retry after an out-of-memory error should do less work, but never more than
-the caller asked for, and never pass a keyword the installed release does not
-accept (mlx-vlm's keywords change from release to release). ``CallSpec`` is
-what the engine knows about its target to honour both rules.
+the caller asked for, and never pass a keyword the target does not accept (a
+library's keywords change from release to release). ``CallSpec`` is what the
+engine knows about its target to honour both rules, and what its caller tells
+it about the target's failures (``rules``) and default ``ladder``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ._classify import NO_RULES, Rules
 from ._events import NO_CHANGES
 
 _NO_POSITIONS: Mapping[str, int] = MappingProxyType({})
 
-__all__ = ["CallSpec", "apply_changes", "ladder_changes"]
+__all__ = ["CallSpec", "apply_changes", "ladder_changes", "ladder_for"]
 
 _POSITIONAL = (
     inspect.Parameter.POSITIONAL_ONLY,
@@ -38,7 +40,10 @@ class CallSpec:
     ``positions``: the index of each parameter that can be passed by position,
     so a value passed that way is read, and replaced, in place. ``is_empty``:
     result predicate for an empty generation. ``progress``: reads how many
-    tokens the last attempt produced.
+    tokens the last attempt produced. ``rules``: the target's own failures
+    (see ``_classify``). ``ladder``: the target's default ladder, used when
+    the policy's ``ladder`` is ``None`` (the engine has none of its own: only
+    the caller knows which keyword makes its target do less work).
     """
 
     name: str
@@ -47,6 +52,8 @@ class CallSpec:
     is_empty: Callable[[Any], bool] | None = None
     progress: Callable[[], int | None] | None = None
     positions: Mapping[str, int] = field(default_factory=lambda: _NO_POSITIONS)
+    rules: Rules = NO_RULES
+    ladder: tuple[Mapping[str, int], ...] = ()
 
     @classmethod
     def from_callable(
@@ -55,6 +62,8 @@ class CallSpec:
         *,
         name: str | None = None,
         bound: bool = False,
+        rules: Rules = NO_RULES,
+        ladder: tuple[Mapping[str, int], ...] = (),
     ) -> CallSpec:
         """Derive a spec from ``func``'s signature (``bound``: drop ``self``).
 
@@ -67,7 +76,7 @@ class CallSpec:
         try:
             params = list(inspect.signature(func).parameters.values())
         except (TypeError, ValueError):  # no signature: change nothing unasked
-            return cls(name)
+            return cls(name, rules=rules, ladder=ladder)
         if bound and params and params[0].kind in _POSITIONAL:
             params = params[1:]
         positional = [p.name for p in params if p.kind in _POSITIONAL]
@@ -79,7 +88,16 @@ class CallSpec:
             None if open_ended else accepted,
             MappingProxyType(defaults),
             positions=MappingProxyType({n: i for i, n in enumerate(positional)}),
+            rules=rules,
+            ladder=ladder,
         )
+
+
+def ladder_for(
+    policy_ladder: tuple[Mapping[str, int], ...] | None, spec: CallSpec
+) -> tuple[Mapping[str, int], ...]:
+    """The policy's ladder if it sets one, else the target's own (``spec``)."""
+    return spec.ladder if policy_ladder is None else policy_ladder
 
 
 def ladder_changes(

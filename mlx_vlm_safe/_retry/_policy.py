@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
 from .._log import log
@@ -37,30 +37,26 @@ __all__ = [
 ]
 
 
-_DEFAULT_LADDER: tuple[Mapping[str, int], ...] = (
-    MappingProxyType({"max_tokens": 512}),
-    MappingProxyType({"max_tokens": 256}),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How a failed or empty call is retried.
 
     ``ladder[i]`` is applied to attempt ``i + 2`` (attempt 1 runs exactly as
-    called); attempts past the ladder reuse its last step. Steps accumulate and
+    called); attempts past the ladder reuse its last step. ``None`` (the
+    default) means the target's own ladder, which its caller gives the engine
+    (``CallSpec.ladder``); ``()`` means none. Steps accumulate and
     only ever lower a value: the engine uses ``min(value in effect, step)``.
     The wait before attempt ``n + 1`` is ``uniform(0, min(wait_max, wait_base
     * 2 ** (n - 1)))`` ("full jitter", so many processes hit by the same
     memory pressure do not come back at the same instant). No attempt starts,
     and no wait is taken, past ``deadline`` seconds after the first attempt
     began. ``retry_on`` adds exception types or predicates to the built-in
-    table of retryable failures (memory errors; bad arguments never are);
+    tables of retryable failures (memory errors; bad arguments never are);
     ``retry_empty`` retries an empty result.
     """
 
     attempts: int = 3
-    ladder: tuple[Mapping[str, int], ...] = _DEFAULT_LADDER
+    ladder: tuple[Mapping[str, int], ...] | None = None
     wait_base: float = 1.0
     wait_max: float = 8.0
     deadline: float | None = 120.0

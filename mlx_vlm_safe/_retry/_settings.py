@@ -58,7 +58,9 @@ def checked_bool(name: str, value: object) -> bool:
     return value
 
 
-def checked_ladder(_: str, ladder: object) -> tuple[Mapping[str, int], ...]:
+def checked_ladder(_: str, ladder: object) -> tuple[Mapping[str, int], ...] | None:
+    if ladder is None:  # the target's own ladder (CallSpec.ladder)
+        return None
     if not isinstance(ladder, tuple | list):
         raise ValueError(f"ladder must be a tuple of mappings, got {ladder!r}")
     steps: list[Mapping[str, int]] = []
@@ -125,7 +127,7 @@ def parse_deadline(raw: str) -> float | None:
 
 
 def parse_ladder(raw: str) -> tuple[Mapping[str, int], ...]:
-    """Parse ``max_tokens=512;max_tokens=256,prefill_step_size=128``."""
+    """Parse ``budget=512;budget=256,chunk=128`` (``;`` between steps)."""
     if not raw.strip():
         return ()
     steps: list[Mapping[str, int]] = []

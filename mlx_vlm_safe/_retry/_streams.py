@@ -75,7 +75,7 @@ def stream_engine(
         outcome: Any = attempt(args, kwargs)
         failed = False
     except Exception as exc:
-        if settled_at_once(exc, policy, state, clock):
+        if settled_at_once(exc, policy, state, clock, spec.rules):
             raise
         outcome, failed = exc, True
     except BaseException as exc:

@@ -22,7 +22,7 @@ import pytest
 
 from mlx_vlm_safe._cli import _diagnosis
 from mlx_vlm_safe._patch import FIXES
-from tools.matrix import Expected, streams_bound
+from tools.matrix import Expected, mlx_device, streams_bound
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ ROOT_CAUSE = frozenset(spec.name for spec in FIXES if spec.root_cause)
 
 
 #: Whether this mlx binds streams to their thread (adds the thread fix).
-BOUND = streams_bound(md.version("mlx"))
+BOUND = streams_bound(md.version("mlx"), mlx_device())
 
 
 def fixes(release: Expected) -> tuple[str, ...]:

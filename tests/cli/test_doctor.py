@@ -20,7 +20,7 @@ import pytest
 
 from mlx_vlm_safe._cli import _diagnosis, _doctor, _render
 from mlx_vlm_safe._releases import release_for
-from tools.matrix import Expected, Install
+from tools.matrix import Expected, Install, mlx_device
 
 from ._helpers import (
     BOUND,
@@ -56,7 +56,7 @@ def test_doctor_json_reports_this_release(
     assert sorted(m["distributions"]) == sorted(install.distributions)
     known = release_for(mlx_vlm.__version__)  # by the code's own version
     assert m["release"] == (f"{known.first}-{known.last}" if known else None)
-    assert d["device"] == "cpu"  # CI is Linux CPU; the release table is for it
+    assert d["device"] == mlx_device()
     assert d["layout"]["kind"] == release.layout
     probes = {p["name"]: p["outcome"] for p in d["probes"]}
     assert probes["wired_limit"] == release.verdicts["wired_limit"]
@@ -74,6 +74,10 @@ def test_doctor_json_reports_this_release(
         "upstream? mlx-vlm 0.3.11 (propagate_errors, generate_off_metal);" in verdicts
     )
     assert "0.6.9 (replace_invalid_utf8), so 0.6.9+ for all of them" in verdicts
+    if probes["thread_stream"] == "bound_to_importing_thread":
+        # The error this mlx gave on this device, not a CPU one written down.
+        thread = next(p for p in d["probes"] if p["name"] == "thread_stream")
+        assert thread["detail"].partition("; ")[0].rstrip(".") in verdicts
     warnings = " ".join(d["warnings"])
     disagree = install.metadata_version not in (None, install.version)
     assert ("but the package metadata says" in warnings) is disagree, warnings
@@ -263,3 +267,52 @@ def test_doctor_started_by_run_says_the_patch_was_already_active() -> None:
     assert "this process  patched (active already at start-up" in proc.stdout
     plain = cli_run("doctor")  # the control: doctor patched only itself
     assert "this process  patched (active)\n" in plain.stdout
+
+
+def test_the_mlx_row_names_the_backend_that_is_installed() -> None:
+    """mlx's CUDA backends are mlx-cuda-12 / mlx-cuda-13 (mlx[cuda], [cuda13])."""
+    d = _doctor.collect()
+    assert set(_diagnosis.BACKENDS) <= set(d.packages)
+    mlx = d.packages["mlx"]
+    for backend in ("mlx-cuda-12", "mlx-cuda-13", "mlx-metal", "mlx-cpu"):
+        packages = {**d.packages, **dict.fromkeys(_diagnosis.BACKENDS), backend: mlx}
+        text = _render.render(dataclasses.replace(d, packages=packages))
+        assert f"mlx           {mlx} ({backend} {mlx})\n" in text
+
+
+def test_the_thread_verdict_quotes_the_error_of_this_device() -> None:
+    from mlx_vlm_safe._cli import _verdicts
+
+    bound = {"wired_limit": "swallows", "thread_stream": "bound_to_importing_thread"}
+    gpu = "RuntimeError: There is no Stream(gpu, 2) in current thread."
+    details = {"thread_stream": gpu}
+    on_cuda = " ".join(_verdicts.affected("cuda", "0.3.5", bound, details))
+    assert "(RuntimeError: There is no Stream(gpu, 2) in current thread," in on_cuda
+    assert "Stream(cpu" not in on_cuda
+    unknown = " ".join(_verdicts.affected("cuda", "0.3.5", bound))  # no detail
+    assert "There is no Stream(gpu, …) in current thread" in unknown
+
+
+def test_live_with_an_unusable_cache_folder_says_so_not_cannot_generate(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only HOME in a container is not a broken mlx: its own verdict.
+
+    A folder under a regular file cannot be created, even by root (who writes
+    into read-only modes), so this is what any unusable cache folder does.
+    """
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MLX_VLM_SAFE_CACHE", str(blocker / "cache"))
+    d = _doctor.collect(live=True)
+    assert d.live is not None
+    assert (d.live.ok, d.live.cache_unusable) == (False, True)
+    assert d.live.cache == str(blocker / "cache")
+    assert (d.status, d.exit_code) == ("cache-unusable", _diagnosis.CACHE_UNUSABLE)
+    verdict = next(v for v in d.verdicts if "cache folder" in v)
+    assert str(blocker / "cache") in verdict
+    assert "MLX_VLM_SAFE_CACHE=" in verdict
+    assert "says nothing about mlx" in verdict
+    text = _render.render(d)
+    assert f"NOT RUN: cache folder {blocker / 'cache'} unusable" in text
+    assert text.endswith(f"status: cache-unusable (exit {_diagnosis.CACHE_UNUSABLE})\n")

@@ -124,7 +124,7 @@ def test_no_subcommand_prints_help_and_exits_2(
 
 def test_exit_codes_are_distinct_and_avoid_argparse() -> None:
     codes = list(_diagnosis.STATUS)
-    assert len(set(codes)) == len(codes) == 5
+    assert len(set(codes)) == len(codes) == 6
     assert 1 not in codes  # an uncaught exception
     assert 2 not in codes  # argparse's usage error
 

@@ -178,6 +178,37 @@ def test_the_cost_figures_are_the_benchmarks_own_output() -> None:
         assert "\nmisses: " in body, version
 
 
+def test_readme_coverage_line_is_generated_from_the_noxfile() -> None:
+    """The Pythons and environments the README names are the noxfile's."""
+    from tools import coverage_line
+
+    text = README.read_text(encoding="utf-8")
+    line = coverage_line.readme_line()
+    assert coverage_line.section(line) in text, (
+        "README.md's coverage line is stale: run `python tools/coverage_line.py "
+        "--write`"
+    )
+    envs = coverage_line.load_noxfile().ENVIRONMENTS
+    assert line.startswith(
+        f"Tested on Python 3.10\N{EN DASH}3.13, in {len(envs)} mlx-vlm environments"
+    )
+
+
+def test_the_coverage_line_follows_the_environments() -> None:
+    """It can fail: another environment or Python changes the line."""
+    from tools import coverage_line
+
+    env = dataclasses.make_dataclass("Env", ["python"])
+    envs = {"0.3.5": env("3.11"), "0.1.27": env("3.12"), "0.3.5-py3.10": env("3.10")}
+    envs |= {"0.3.5-mlx0.29.3": env("3.11"), "latest": env("3.11")}
+    assert coverage_line.coverage_line(envs, "3.11") == (
+        "Tested on Python 3.10\N{EN DASH}3.12, in 5 mlx-vlm environments "
+        "(`nox -l`): 2 mlx-vlm releases (0.1.27\N{EN DASH}0.3.5) on Python 3.11 "
+        "(3.12 for 0.1.27); "
+        "0.3.5 also on Python 3.10; 1 on an older mlx; 1 more: latest."
+    )
+
+
 def _samples_tool() -> Any:
     path = ROOT / "tools" / "readme_samples.py"
     spec = importlib.util.spec_from_file_location("_readme_samples", path)
@@ -221,6 +252,8 @@ def test_readme_samples_are_what_the_commands_print(
             theirs = [
                 ln for ln in in_readme[name].splitlines() if not _FLOATING.match(ln)
             ]
+            if tool.device() != "cpu":  # the device's name re-wraps paragraphs
+                mine, theirs = " ".join(mine).split(), " ".join(theirs).split()
             assert mine == theirs, (
                 f"{_name(on_pages[name][0][0])}'s {name} sample is stale: run `python "
                 f"tools/readme_samples.py --write`\n{made}"
@@ -384,3 +417,23 @@ def test_a_broken_example_fails(tmp_path: pathlib.Path) -> None:
         (tmp_path / str(i)).mkdir()
         codes.append(run_example(example, tmp_path / str(i)).returncode)
     assert [code != 0 for code in codes] == [True, True, False], codes
+
+
+def test_samples_taken_on_another_device_read_as_the_cpu_ones() -> None:
+    """On CUDA the suite checks the README's CPU samples as on CPU."""
+    tool = _samples_tool()
+    cuda = (
+        "mlx-vlm 0.3.5 on cuda: thread_stream=bound_to_importing_thread\n"
+        "  mlx           0.32.4 (mlx-cuda-12 0.32.4)\n"
+        "  device        cuda\n"
+        "  thread_stream bound_to_importing_thread RuntimeError: There is no "
+        "Stream(gpu, 1) in current thread.\n"
+    )
+    assert tool.as_on_cpu(cuda, "cuda") == (
+        "mlx-vlm 0.3.5 on cpu: thread_stream=bound_to_importing_thread\n"
+        "  mlx           0.32.4 (mlx-cpu 0.32.4)\n"
+        "  device        cpu\n"
+        "  thread_stream bound_to_importing_thread RuntimeError: There is no "
+        "Stream(cpu, 0) in current thread.\n"
+    )
+    assert tool.as_on_cpu(cuda, "cpu") == cuda

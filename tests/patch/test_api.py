@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 import re
 import sys
 import threading
@@ -108,6 +109,29 @@ def test_report_describes_the_installed_release(
     assert "mlx_vlm.generate" in generate_fix.targets
     with pytest.raises(AttributeError):
         report.status = "unpatched"  # type: ignore[misc]
+
+
+def test_report_and_unpatch_read_the_installed_packages_once(
+    install: Install, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """``packages_distributions()`` reads every distribution's file list
+    (0.5 s on a box with 197): once per process, not once per report."""
+    import importlib.metadata
+
+    real = importlib.metadata.packages_distributions
+    scans = []
+
+    def counting() -> Any:
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", counting)
+    monkeypatch.syspath_prepend(tmp_path)  # a new sys.path: read again, once
+    for _ in range(3):
+        assert mlx_vlm_safe.report().distributions == install.distributions
+        assert mlx_vlm_safe.unpatch().distributions == install.distributions
+        mlx_vlm_safe.patch()
+    assert len(scans) == 1
 
 
 def test_report_str_is_a_readable_multi_line_summary(release: Expected) -> None:

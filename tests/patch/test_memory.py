@@ -87,8 +87,8 @@ def test_configure_takes_the_memory_settings_and_reset_forgets_them() -> None:
     assert _budget.read_budget() is None
     mlx_vlm_safe.reset_config()
     assert _budget.settings() == _budget.Settings()
-    with pytest.raises(TypeError, match="memory_limit"):
-        mlx_vlm_safe.configure(memory_limt=1)
+    with pytest.raises(TypeError, match="memory_limt"):  # Python's own message
+        mlx_vlm_safe.configure(memory_limt=1)  # type: ignore[call-arg]
 
 
 def test_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:

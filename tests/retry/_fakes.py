@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mlx_vlm_safe import RetryDetails, RetryPolicy
-from mlx_vlm_safe._retry import CallSpec, Runtime
+from mlx_vlm_safe._retry import CallSpec, Rule, Rules, Runtime, Verdict
 
 
 class FakeTime:
@@ -62,6 +62,22 @@ EXCEPTIONS: dict[str, Callable[[], BaseException]] = {
 
 
 RETRYABLE = {"memory", "malloc", "none_defect"}
+
+# fmt: off
+#: What a caller tells the engine about its target's failures (as the patch
+#: does for mlx-vlm), matching the faults above: the engine's own table knows
+#: only ``MemoryError``.
+RULES = Rules(
+    defects=(Rule(Verdict.NEVER, (RuntimeError,), ("[metal::device_info]",),
+                  "a defect of the target"),),
+    table=(
+        Rule(Verdict.RETRY, (RuntimeError,), ("[metal::malloc]",), "allocation"),
+        Rule(Verdict.RETRY, (AttributeError,), ("'nonetype'",), "empty result"),
+    ),
+)
+# fmt: on
+#: The target's own ladder, used where the policy sets none.
+LADDER = ({"max_tokens": 512}, {"max_tokens": 256})
 
 
 BASE_ONLY = {"interrupt", "exit", "generator_exit", "custom_base"}
@@ -153,4 +169,9 @@ def fast(**changes: Any) -> RetryPolicy:
     return RetryPolicy(**{"wait_base": 0.0, "wait_max": 0.0, **changes})
 
 
-SPEC = CallSpec("flaky", frozenset({"max_tokens", "prefill_step_size"}))
+SPEC = CallSpec(
+    "flaky",
+    frozenset({"max_tokens", "prefill_step_size"}),
+    rules=RULES,
+    ladder=LADDER,
+)

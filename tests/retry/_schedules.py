@@ -19,7 +19,16 @@ from hypothesis import strategies as st
 from mlx_vlm_safe import AttemptRecord, RetryPolicy, last_attempts
 from mlx_vlm_safe._retry import CallSpec, Runtime, call_with_retry, stream_with_retry
 
-from ._fakes import BASE_ONLY, EXCEPTIONS, RETRYABLE, FakeTime, Fault, Hooks, Target
+from ._fakes import (
+    BASE_ONLY,
+    EXCEPTIONS,
+    RETRYABLE,
+    RULES,
+    FakeTime,
+    Fault,
+    Hooks,
+    Target,
+)
 
 KEYS = ("max_tokens", "prefill_step_size", "other")
 
@@ -138,6 +147,7 @@ def _run(
             case["defaults"],
             is_empty=lambda r: r == "",
             positions={"prompt": 0},
+            rules=RULES,
         )
         runner: Any = stream_with_retry if stream else call_with_retry
         fn = target.stream if stream else target.call

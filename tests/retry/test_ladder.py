@@ -10,7 +10,7 @@ from mlx_vlm_safe import RetryPolicy, last_attempts, retry
 from mlx_vlm_safe._retry import CallSpec, call_with_retry
 from mlx_vlm_safe._retry._ladder import ladder_changes
 
-from ._fakes import SPEC, Flaky, fast
+from ._fakes import LADDER, SPEC, Flaky, fast
 
 
 def test_attempt_one_gets_the_callers_objects_then_the_ladder_applies() -> None:
@@ -51,7 +51,7 @@ def test_attempt_one_gets_the_callers_objects_then_the_ladder_applies() -> None:
 def test_ladder_changes(
     spec: CallSpec, args: tuple[Any, ...], kwargs: dict[str, Any], expected: dict
 ) -> None:
-    ladder = RetryPolicy().ladder
+    ladder = LADDER
     assert ladder_changes(ladder, 1, spec, args, kwargs) == {}
     assert dict(ladder_changes(ladder, 3, spec, args, kwargs)) == expected
     assert ladder_changes(ladder, 9, spec, args, kwargs) == ladder_changes(
@@ -100,3 +100,13 @@ def test_a_positional_budget_is_replaced_in_place() -> None:
 
     assert generate("p", 1000) == "ok"
     assert seen == [("p", 1000), ("p", 512), ("p", 256)]
+
+
+def test_the_policy_ladder_wins_and_none_means_the_targets_own() -> None:
+    from mlx_vlm_safe._retry._ladder import ladder_for
+
+    own = CallSpec("f", ladder=({"budget": 8},))
+    assert ladder_for(None, own) == ({"budget": 8},)
+    assert ladder_for((), own) == ()  # the policy says: no ladder
+    assert ladder_for(({"budget": 4},), own) == ({"budget": 4},)
+    assert ladder_for(None, CallSpec("f")) == ()  # the engine has none of its own

@@ -47,10 +47,7 @@ class _Hook:
 def test_defaults() -> None:
     policy = RetryPolicy()
     assert policy.attempts == 3
-    assert [dict(step) for step in policy.ladder] == [
-        {"max_tokens": 512},
-        {"max_tokens": 256},
-    ]
+    assert policy.ladder is None  # the target's own (CallSpec.ladder)
     assert (policy.wait_base, policy.wait_max, policy.deadline) == (1.0, 8.0, 120.0)
     assert (policy.retry_on, policy.retry_empty, policy.hooks) == ((), True, ())
 

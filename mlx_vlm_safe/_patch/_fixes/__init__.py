@@ -112,6 +112,10 @@ class FixSpec:
         """A root cause the probes found for certain."""
         return self.root_cause and self.found(verdicts)
 
-    def sentence(self, where: str) -> str:
-        """``doctor``'s sentence, filled in for ``where`` ("mlx-vlm X on cpu")."""
-        return self.doctor.format(where=where, fixed=self.fixed_upstream_in)
+    def sentence(self, where: str, **facts: str) -> str:
+        """``doctor``'s sentence, filled in for ``where`` ("mlx-vlm X on cpu").
+
+        ``facts`` fill the sentence's other fields (the thread fix quotes the
+        ``stream`` error its probe saw on this device).
+        """
+        return self.doctor.format(where=where, fixed=self.fixed_upstream_in, **facts)

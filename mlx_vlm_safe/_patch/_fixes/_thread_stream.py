@@ -132,6 +132,6 @@ THREAD_LOCAL_STREAM = FixSpec(
     fixed_upstream_in="0.5.0",
     doctor=f"{THREADS} FAILS without the patch: the release made its generation "
     "stream at import and this mlx binds streams to the thread that made them "
-    "(RuntimeError: There is no Stream(cpu, 0) in current thread, or the "
+    "({stream}, or the "
     "NoneType/token crash where errors are swallowed).",
 )
