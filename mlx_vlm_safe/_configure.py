@@ -57,6 +57,8 @@ def configure(
     hooks: tuple[RetryHook, ...] | list[RetryHook] | _Unchanged = UNCHANGED,
     memory_limit: int | str | _Unchanged | None = UNCHANGED,
     memory_margin: int | str | _Unchanged | None = UNCHANGED,
+    memory_wait: float | str | _Unchanged | None = UNCHANGED,
+    memory_shorten: bool | str | _Unchanged = UNCHANGED,
 ) -> RetryPolicy:
     """Change process-wide settings; return the retry policy now in force.
 
@@ -64,8 +66,12 @@ def configure(
     ``ladder``, ``wait_base``, ``wait_max``, ``deadline``, ``retry_on``,
     ``retry_empty``, ``hooks``: see :class:`RetryPolicy`) and the memory
     guard's ``memory_limit`` (``None``/``"auto"``: the system's limits;
-    ``"off"``; or what one generation may add, in bytes or as ``"512MB"``)
-    and ``memory_margin`` (bytes kept free).
+    ``"off"``; or what every generation in flight may take together, in
+    bytes or as ``"512MB"``), ``memory_margin`` (bytes kept free),
+    ``memory_wait`` (seconds a call that fits alone waits for memory;
+    ``None``: the retry ``deadline``; ``0``: never) and ``memory_shorten``
+    (``False``: a call that can never fit raises ``MemoryError`` instead of
+    taking the retry ladder's smaller ``max_tokens``).
 
     Raises:
         TypeError: an unknown setting (Python's own, from the signature).

@@ -68,8 +68,8 @@ __all__ = [
     "on_import",
     "patch",
     "report",
-    "switched_off",
     "retry",
+    "switched_off",
     "text_of",
     "unpatch",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata as md
 import importlib.util
+import inspect
 import os
 import pathlib
 import re
@@ -134,9 +135,8 @@ def test_the_configuration_table_has_every_setting() -> None:
     """Every ``configure()`` name and every environment variable has a row."""
     import mlx_vlm_safe
 
-    with pytest.raises(TypeError, match="known: ") as info:
-        mlx_vlm_safe.configure(no_such_setting=1)
-    known = str(info.value).split("known: ", 1)[1].split(", ")
+    known = list(inspect.signature(mlx_vlm_safe.configure).parameters)
+    assert "attempts" in known
     rows = [ln for ln in _configuration_table().splitlines() if ln.startswith("| ")]
     names = {ln.split("|")[1].strip().strip("`") for ln in rows}
     assert set(known) <= names, sorted(set(known) - names)
