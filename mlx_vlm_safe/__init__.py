@@ -46,6 +46,7 @@ _PUBLIC = {
         "set_testing",
     ),
     "._configure": ("configure", "reset_config"),
+    ".instrumentation": ("Stats", "stats"),
 }
 _LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
 __all__ = sorted(_LAZY)  # noqa: PLE0605 - built from _PUBLIC, checked by a test
@@ -78,6 +79,8 @@ if TYPE_CHECKING:
     from ._retry import retries_disabled as retries_disabled
     from ._retry import retry as retry
     from ._retry import set_testing as set_testing
+    from .instrumentation import Stats as Stats
+    from .instrumentation import stats as stats
 
 
 def __getattr__(name: str) -> Any:

@@ -15,9 +15,10 @@ import sys
 import threading
 from types import ModuleType
 
-from .. import _env, _hook, _releases
+from .. import _env, _hook, _releases, instrumentation
 from .._log import log
-from . import _mlx
+from . import _memory, _mlx, _variables
+from ._calls import in_flight
 from ._locate import Located, locate
 from ._memory._guard import last_note
 from ._plan import REASONS, Plan, examine, make_plan
@@ -110,6 +111,29 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     _STATE.status = "patched"
     _STATE.armed = False
     log.info("mlx_vlm_safe: patched mlx-vlm %s: %s", version, plan.fix_names())
+    _start_telemetry()
+
+
+def _in_flight() -> int:
+    return len(in_flight())
+
+
+def _waiting_for_memory() -> int:
+    """Calls waiting for memory, once the memory guard counts them."""
+    waiting = getattr(_memory, "waiting", None)
+    return int(waiting()) if callable(waiting) else 0
+
+
+def _start_telemetry() -> None:
+    """Announce bad ``MLX_VLM_SAFE_*`` values, start the telemetry backends.
+
+    Here, when the patch applies, because this is the one moment every
+    activation path (import, ``run``, ``patch()``, the OTel entry point)
+    goes through. Both are once per process and never raise.
+    """
+    _variables.register()
+    _env.warn_bad_values()
+    instrumentation.start(in_flight=_in_flight, waiting=_waiting_for_memory)
 
 
 def _adopt_import_side_effect() -> None:
