@@ -15,7 +15,6 @@ import math
 import threading
 import time
 from collections.abc import Mapping
-from types import MappingProxyType
 
 from .._call_record import CallRecord
 from . import _gauges
@@ -39,6 +38,8 @@ class Percentiles:
 @dataclasses.dataclass(frozen=True)
 class Stats:
     """A snapshot of every patched call this process made since start (or reset).
+
+    A copy: changing it changes nothing; ``dataclasses.asdict`` gives its JSON.
 
     Counts cover all calls; percentiles cover the last :data:`WINDOW` calls.
 
@@ -155,8 +156,8 @@ def stats() -> Stats:
         outcomes.setdefault(outcome, 0)
     return Stats(
         calls=counts[0],
-        outcomes=MappingProxyType(outcomes),
-        errors=MappingProxyType(errors),
+        outcomes=outcomes,
+        errors=errors,
         shortened=counts[1],
         retries=counts[2],
         memory_refusals=counts[3],
