@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
 import mlx_vlm_safe
 
+from ..conftest import Tiny
 from .conftest import Scenario
 
 pytestmark = pytest.mark.model
@@ -66,3 +68,16 @@ def test_one_warning_per_failed_or_shortened_call_with_fields(
             assert f"failed: {e.error_type} after {e.attempts} attempt" in line.message
         else:
             assert f"shortened: {e.output_tokens} of 8 tokens" in line.message
+
+
+@pytest.mark.usefixtures("fresh_stats")
+def test_a_stream_is_in_flight_until_it_ends(tiny: Tiny, exports: Any) -> None:
+    assert mlx_vlm_safe.stats().in_flight == 0
+    stream = tiny.stream(exports.stream_generate)
+    next(stream)
+    assert mlx_vlm_safe.stats().in_flight == 1
+    assert mlx_vlm_safe.stats().calls == 0
+    for _ in stream:
+        pass
+    assert mlx_vlm_safe.stats().in_flight == 0
+    assert mlx_vlm_safe.stats().outcomes["ok"] == 1

@@ -11,14 +11,15 @@ import sys
 
 import mlx_vlm
 
+generate = mlx_vlm.generate
+if not callable(generate):  # 0.1.x: the attribute can be the CLI module
+    generate = sys.modules["mlx_vlm.utils"].generate
 model, processor = mlx_vlm.load(os.environ["PLAIN_APP_MODEL"])
 prompt, image = os.environ["PLAIN_APP_PROMPT"], [os.environ["PLAIN_APP_IMAGE"]]
-mlx_vlm.generate(model, processor, prompt, image=image, max_tokens=4, verbose=False)
+generate(model, processor, prompt, image=image, max_tokens=4, verbose=False)
 error = None
 try:
-    mlx_vlm.generate(
-        model, processor, prompt, image=image, max_tokens=4, temperature="0.7"
-    )
+    generate(model, processor, prompt, image=image, max_tokens=4, temperature="0.7")
 except Exception as exc:  # reported, not handled
     error = type(exc).__name__
 print(json.dumps({"patched_by": "mlx_vlm_safe" in sys.modules, "error": error}))
