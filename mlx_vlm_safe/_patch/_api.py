@@ -79,6 +79,7 @@ def on_import(module: ModuleType) -> None:
             except Exception as exc:  # the implicit path never raises
                 _STATE.status = "failed"
                 _warn_once(f"patching failed, mlx-vlm left as it is: {exc!r}")
+    _start_telemetry()
 
 
 def _apply(package: ModuleType, *, strict: bool) -> None:
@@ -111,7 +112,6 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     _STATE.status = "patched"
     _STATE.armed = False
     log.info("mlx_vlm_safe: patched mlx-vlm %s: %s", version, plan.fix_names())
-    _start_telemetry()
 
 
 def _in_flight() -> int:
@@ -124,13 +124,20 @@ def _waiting_for_memory() -> int:
     return int(waiting()) if callable(waiting) else 0
 
 
+_TELEMETRY: list[bool] = []  # started (once per process)
+
+
 def _start_telemetry() -> None:
     """Announce bad ``MLX_VLM_SAFE_*`` values, start the telemetry backends.
 
-    Here, when the patch applies, because this is the one moment every
-    activation path (import, ``run``, ``patch()``, the OTel entry point)
-    goes through. Both are once per process and never raise.
+    Once the patch has applied, because every activation path (import,
+    ``run``, ``patch()``, the OTel entry point) goes through it; outside the
+    lock, because the backends import their packages. Once per process;
+    never raises.
     """
+    if _TELEMETRY or _STATE.status != "patched":
+        return
+    _TELEMETRY.append(True)
     _variables.register()
     _env.warn_bad_values()
     instrumentation.start(in_flight=_in_flight, waiting=_waiting_for_memory)
@@ -201,6 +208,7 @@ def patch(*, strict: bool = False) -> Report:
     with _LOCK:
         if not is_patched():  # the import hook may have patched it already
             _apply(package, strict=strict)
+    _start_telemetry()
     return report(inventory=False)
 
 
