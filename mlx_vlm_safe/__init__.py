@@ -54,6 +54,7 @@ _PUBLIC = {
         "set_testing",
     ),
     "._configure": ("configure", "reset_config"),
+    ".instrumentation": ("Stats", "stats"),
 }
 _LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
 __all__ = sorted(_LAZY)  # noqa: PLE0605 - built from _PUBLIC, checked by a test
@@ -87,6 +88,8 @@ if TYPE_CHECKING:
     from ._retry import policy_from_env as policy_from_env
     from ._retry import retries_disabled as retries_disabled
     from ._retry import set_testing as set_testing
+    from .instrumentation import Stats as Stats
+    from .instrumentation import stats as stats
 
 
 def __getattr__(name: str) -> Any:

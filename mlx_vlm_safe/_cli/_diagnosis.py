@@ -122,3 +122,4 @@ class Diagnosis:
     warnings: tuple[str, ...]
     live: Live | None
     memory: dict[str, Any] | None = None  # the memory guard's budget (_budget)
+    stats: dict[str, Any] | None = None  # this process's calls (with --live)

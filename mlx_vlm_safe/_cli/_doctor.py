@@ -59,6 +59,9 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
   cache_unusable}``: the same greedy call runs on this thread, then on a
   worker thread, and ``ok`` needs both; ``cache`` is the tiny checkpoint's
   folder, ``cache_unusable`` whether it could not be built there
+* ``stats``: ``null`` without ``--live``, else ``mlx_vlm_safe.stats()`` of
+  the doctor's own process after the live calls (``dataclasses.asdict``)
+* ``warnings`` include every ``MLX_VLM_SAFE_*`` variable with a bad value
 
 If doctor itself fails, the object has only ``schema``, ``status``
 (``"error"``), ``exit_code`` (6) and ``error``.
@@ -77,7 +80,7 @@ import sys
 from types import ModuleType
 from typing import Any, TextIO
 
-from .. import _env, _patch
+from .. import _env, _patch, instrumentation
 from .._env import AUTOPATCH
 from .._log import describe
 from .._patch import Probe
@@ -331,9 +334,10 @@ def collect(*, live: bool = False) -> Diagnosis:
         activation=activation,
         affected=bool(needed) if f.probes else None,
         verdicts=tuple(verdicts),
-        warnings=tuple(warnings + list(f.patch.warnings)),
+        warnings=tuple(warnings + list(_env.bad_values()) + list(f.patch.warnings)),
         live=f.live,
         memory=_patch.memory_snapshot(),
+        stats=dataclasses.asdict(instrumentation.stats()) if live else None,
     )
 
 

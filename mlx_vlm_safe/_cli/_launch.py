@@ -38,9 +38,14 @@ NOT_FOUND = 127
 NOT_EXECUTABLE = 126
 
 
-def environment(base: Mapping[str, str]) -> dict[str, str]:
-    """``base`` plus what activates the patch in the program and its children."""
-    env = dict(base)
+def environment(
+    base: Mapping[str, str], settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``base`` plus what activates the patch in the program and its children.
+
+    ``settings``: more ``MLX_VLM_SAFE_*`` variables (``--metrics-port``).
+    """
+    env = {**base, **(settings or {})}
     env[AUTOPATCH] = "1"
     old = env.get("PYTHONPATH", "")
     first = str(BOOTSTRAP)
@@ -49,7 +54,7 @@ def environment(base: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def launch(command: Sequence[str]) -> int:
+def launch(command: Sequence[str], settings: Mapping[str, str] | None = None) -> int:
     """Replace this process with ``command``; return only if that failed.
 
     Returns:
@@ -58,7 +63,7 @@ def launch(command: Sequence[str]) -> int:
         program's own exit status.
 
     """
-    env = environment(os.environ)
+    env = environment(os.environ, settings)
     argv = list(command)
     sys.stdout.flush()
     sys.stderr.flush()

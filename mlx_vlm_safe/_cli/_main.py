@@ -6,8 +6,9 @@ Strictly private. One small function per subcommand:
 * ``doctor [--json] [--live]``: what is installed, what the probes found,
   what the patch does here, and plain verdicts; the exit status says which
   (see ``_doctor``).
-* ``run [--] CMD ...``: run any program with the patch active, its code
-  untouched (see ``_launch``).
+* ``run [--metrics-port P] [--] CMD ...``: run any program with the patch
+  active, its code untouched (see ``_launch``); ``--metrics-port`` serves
+  its calls' Prometheus metrics.
 
 Bad usage (an unknown subcommand or flag, ``run`` without a command, a
 ``--max-tokens`` out of range) prints the usage of the subcommand concerned and
@@ -56,6 +57,19 @@ def _max_tokens(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """``--metrics-port``: 1-65535, else a usage error (checked where it is read)."""
+    from ..instrumentation import parse_port
+
+    try:
+        port = parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+    if port is None:
+        raise argparse.ArgumentTypeError("a port is needed")
+    return port
+
+
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each subcommand's (for their usage errors)."""
     parser = argparse.ArgumentParser(
@@ -96,6 +110,18 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         description="Run CMD with the patch active in it and in every Python "
         "process it starts; its code is untouched.",
     )
+    run.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics of the program's calls on this port "
+        "(sets MLX_VLM_SAFE_METRICS_PORT; needs prometheus-client)",
+    )
+    run.add_argument(
+        "--metrics-addr",
+        metavar="ADDR",
+        help="... on this address (127.0.0.1; sets MLX_VLM_SAFE_METRICS_ADDR)",
+    )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     return parser, {"demo": demo, "doctor": doctor, "run": run}
 
@@ -124,7 +150,19 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"not a command: {command[0]!r}")
     from ._launch import launch
 
-    return launch(command)
+    settings: dict[str, str] = {}
+    if args.metrics_port is not None:
+        from ..instrumentation import ADDR_VARIABLE, PORT_VARIABLE, parse_addr
+
+        settings[PORT_VARIABLE] = str(args.metrics_port)
+        if args.metrics_addr is not None:
+            try:
+                settings[ADDR_VARIABLE] = parse_addr(args.metrics_addr)
+            except ValueError as exc:
+                parser.error(f"argument --metrics-addr: {exc}")
+    elif args.metrics_addr is not None:
+        parser.error("--metrics-addr needs --metrics-port")
+    return launch(command, settings)
 
 
 def _dispatch(

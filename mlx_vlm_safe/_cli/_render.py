@@ -104,6 +104,17 @@ def render(d: Diagnosis) -> str:
             else f"FAILED: {lv.error}"
         )
         out.append(_row("live", result))
+    if d.stats is not None:
+        st, p50 = d.stats, d.stats["duration"]["p50"]
+        out.append(
+            _row(
+                "calls here",
+                f"{st['calls']}: {st['outcomes']['ok']} ok, "
+                f"{st['outcomes']['error']} error, {st['shortened']} shortened"
+                + ("" if p50 is None else f"; p50 {p50:.3f} s")
+                + " (mlx_vlm_safe.stats())",
+            )
+        )
     out.append("verdict\n")
     out += [_wrap("  - ", line) for line in d.verdicts]
     out += [_wrap("  ! ", line) for line in d.warnings]

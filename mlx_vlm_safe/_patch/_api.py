@@ -17,9 +17,10 @@ import threading
 from collections.abc import Iterator
 from types import ModuleType
 
-from .. import _env, _hook, _releases
+from .. import _env, _hook, _releases, instrumentation
 from .._log import log
-from . import _mlx
+from . import _memory, _mlx, _variables
+from ._calls import in_flight
 from ._locate import Located, locate
 from ._memory._guard import last_note
 from ._plan import REASONS, Plan, examine, make_plan
@@ -81,6 +82,7 @@ def on_import(module: ModuleType) -> None:
             except Exception as exc:  # the implicit path never raises
                 _STATE.status = "failed"
                 _warn_once(f"patching failed, mlx-vlm left as it is: {exc!r}")
+    _start_telemetry()
 
 
 def _apply(package: ModuleType, *, strict: bool) -> None:
@@ -113,6 +115,35 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     _STATE.status = "patched"
     _STATE.armed = False
     log.info("mlx_vlm_safe: patched mlx-vlm %s: %s", version, plan.fix_names())
+
+
+def _in_flight() -> int:
+    return len(in_flight())
+
+
+def _waiting_for_memory() -> int:
+    """Calls waiting for memory, once the memory guard counts them."""
+    waiting = getattr(_memory, "waiting", None)
+    return int(waiting()) if callable(waiting) else 0
+
+
+_TELEMETRY: list[bool] = []  # started (once per process)
+
+
+def _start_telemetry() -> None:
+    """Announce bad ``MLX_VLM_SAFE_*`` values, start the telemetry backends.
+
+    Once the patch has applied, because every activation path (import,
+    ``run``, ``patch()``, the OTel entry point) goes through it; outside the
+    lock, because the backends import their packages. Once per process;
+    never raises.
+    """
+    if _TELEMETRY or _STATE.status != "patched":
+        return
+    _TELEMETRY.append(True)
+    _variables.register()
+    _env.warn_bad_values()
+    instrumentation.start(in_flight=_in_flight, waiting=_waiting_for_memory)
 
 
 def _adopt_import_side_effect() -> None:
@@ -180,6 +211,7 @@ def patch(*, strict: bool = False) -> Report:
     with _LOCK:
         if not is_patched():  # the import hook may have patched it already
             _apply(package, strict=strict)
+    _start_telemetry()
     return report(inventory=False)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
+from .. import _env
 from .._log import log
 from . import _settings as V
 from ._settings import RetryOn
@@ -101,6 +102,19 @@ _ENV: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 
 
+def _env_check(field: str, parse: Callable[[str], object]) -> Callable[[str], object]:
+    def check(raw: str) -> object:
+        return _CHECKS[field](field, parse(raw))
+
+    return check
+
+
+# Bad values are announced when the patch applies, not first at the first
+# failure (when the default policy is read): see ``_env.register``.
+for _suffix, (_field, _parse) in _ENV.items():
+    _env.register(ENV_PREFIX + _suffix, _env_check(_field, _parse))
+
+
 def policy_from_env(
     environ: Mapping[str, str] | None = None, *, base: RetryPolicy | None = None
 ) -> RetryPolicy:
@@ -156,6 +170,7 @@ def _current_locked() -> RetryPolicy:
             _config.policy = policy_from_env()
         except ValueError as exc:
             log.warning("keeping the default retry policy: %s", exc)
+            _env.warn_bad_values()  # to stderr, once: the logger may be silent
             _config.policy = RetryPolicy()
     return _config.policy
 

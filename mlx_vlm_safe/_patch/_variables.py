@@ -1,0 +1,33 @@
+"""The patch's own ``MLX_VLM_SAFE_*`` variables, registered for checking.
+
+Strictly private. The memory guard reads ``MLX_VLM_SAFE_MEMORY_LIMIT`` /
+``..._MARGIN`` at its first admission and falls back to the defaults on a bad
+value; registering the same parser here (``_env.register``) makes a typo show
+when the patch applies, and in ``doctor``. A module of its own so that the
+guard's code is not touched by this concern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import _env
+from ._memory._budget import LIMIT_VARIABLE, MARGIN_VARIABLE, parse_size
+
+__all__ = ["register"]
+
+
+def _size_check(name: str) -> Callable[[str], object]:
+    def check(raw: str) -> object:
+        return parse_size(raw, name)
+
+    return check
+
+
+def register() -> None:
+    """Register the memory variables' checks (idempotent)."""
+    for name in (LIMIT_VARIABLE, MARGIN_VARIABLE):
+        _env.register(name, _size_check(name))
+
+
+register()

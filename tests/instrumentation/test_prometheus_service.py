@@ -1,0 +1,141 @@
+"""The seed-shaped FastAPI app under ``mlx-vlm-safe run --metrics-port P --``.
+
+``tests/e2e/apps/vision_app.py`` is started unmodified under uvicorn, with
+nothing but ``--metrics-port`` added to the command that starts it. After N
+uploads that succeed and M that fail, a real scrape of ``/metrics`` must
+count exactly N ``ok`` and M ``error``, each error under the exception class
+the app itself returned to its client.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
+from tools.matrix import Expected
+
+from ..e2e.test_service import APPS, START_TIMEOUT, Service, _free_port
+
+pytestmark = [pytest.mark.model, pytest.mark.subprocess]
+
+
+@contextlib.contextmanager
+def _serving(
+    workdir: pathlib.Path, release: Expected, metrics: int
+) -> Iterator[Service]:
+    checkpoint = build_tiny_checkpoint(workdir / "checkpoint")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "VISION_APP_MODEL": str(checkpoint),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(APPS.parents[2]), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
+    if release.has("load_shim"):
+        env["VISION_APP_LOAD_SHIM"] = "1"
+    command = [
+        *(sys.executable, "-m", "mlx_vlm_safe", "run", "--metrics-port", str(metrics)),
+        *("--", sys.executable, "-m", "uvicorn", "vision_app:app"),
+        *("--app-dir", str(APPS), "--host", "127.0.0.1", "--port", str(port)),
+    ]
+    log = workdir / "service.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            command,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    service = Service(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the service died on start:\n{service.log_tail()}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(service.url + "/openapi.json", timeout=5),
+            ):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"the service did not start:\n{service.log_tail()}")
+            time.sleep(0.3)
+        yield service
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def _scrape(port: int) -> tuple[str, dict[str, list[tuple[dict[str, str], float]]]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return text, samples
+
+
+def test_a_scrape_counts_each_upload_by_outcome_and_error_type(
+    tmp_path: pathlib.Path, release: Expected
+) -> None:
+    png = tiny_image_path(tmp_path).read_bytes()
+    metrics = _free_port()
+    with _serving(tmp_path, release, metrics) as service:
+        ok = 0
+        errors: collections.Counter[str] = collections.Counter()
+        for path in ("/sync", "/async", "/stream", "/sync"):
+            status, body = service.post(path, png)
+            assert status == 200, body
+            ok += 1
+        uploads = [(b"this is not an image", {}), (png[: len(png) // 2], {})]
+        if not release.has("kwargs_dropped"):  # 0.1.7-0.1.9 never read it
+            uploads += [(png, {"temperature": "warm"})] * 2
+        for data, fields in uploads:
+            status, body = service.post("/sync", data, **fields)
+            assert status == 500, body
+            errors[json.loads(body)["error"].partition(":")[0]] += 1
+        text, samples = _scrape(metrics)
+        log = service.log.read_text(errors="replace")
+    calls = {
+        (labels["outcome"], labels["error_type"]): value
+        for labels, value in samples["mlx_vlm_safe_generations_total"]
+    }
+    want = {("ok", ""): ok, **{("error", t): n for t, n in errors.items()}}
+    assert calls == want, log
+    counts = {
+        labels["outcome"]: value
+        for labels, value in samples["mlx_vlm_safe_generation_duration_seconds_count"]
+    }
+    assert counts == {"ok": ok, "error": sum(errors.values())}
+    assert samples["mlx_vlm_safe_calls_in_flight"] == [({}, 0.0)]
+    assert samples["mlx_vlm_safe_output_tokens_total"] == [
+        ({}, float(ok * release.tokens_for(8)))
+    ]
+    # The app configured no logging: each failure is one line on its stderr.
+    for error_type, n in errors.items():
+        line = f"WARNING:mlx_vlm_safe.calls: generate failed: {error_type} after 1 "
+        assert log.count(line) == n, log
+    print(f"scrape after {ok} ok and {sum(errors.values())} failed uploads:")
+    print("\n".join(t for t in text.splitlines() if "mlx_vlm_safe_" in t))
