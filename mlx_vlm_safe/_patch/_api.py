@@ -122,9 +122,8 @@ def _in_flight() -> int:
 
 
 def _waiting_for_memory() -> int:
-    """Calls waiting for memory, once the memory guard counts them."""
-    waiting = getattr(_memory, "waiting", None)
-    return int(waiting()) if callable(waiting) else 0
+    """Calls waiting for memory now (the ledger's queue)."""
+    return _memory.ledger.waiting()
 
 
 _TELEMETRY: list[bool] = []  # started (once per process)
