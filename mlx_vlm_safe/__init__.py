@@ -54,6 +54,7 @@ _PUBLIC = {
         "set_testing",
     ),
     "._configure": ("configure", "reset_config"),
+    "._call_record": ("CallRecord",),
     ".instrumentation": ("Stats", "stats"),
 }
 _LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     __version__: str
+    from ._call_record import CallRecord as CallRecord
     from ._configure import configure as configure
     from ._configure import reset_config as reset_config
     from ._patch import Fix as Fix
