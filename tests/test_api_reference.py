@@ -62,19 +62,19 @@ def test_a_new_public_name_makes_the_page_stale(
 ) -> None:
     """Adding a name to ``_PUBLIC`` is enough for the generator to pick it up."""
 
-    def stats() -> dict[str, int]:
+    def histogram() -> dict[str, int]:
         """Counters since start-up (a stand-in for a name added later)."""
         return {}
 
     public = dict(mlx_vlm_safe._PUBLIC)
-    public["._stats"] = ("stats",)
+    public["._histogram"] = ("histogram",)
     monkeypatch.setattr(mlx_vlm_safe, "_PUBLIC", public)
-    monkeypatch.setattr(mlx_vlm_safe, "stats", stats, raising=False)
+    monkeypatch.setattr(mlx_vlm_safe, "histogram", histogram, raising=False)
     made = api_reference.page()
-    assert "stats" in _documented(made)
-    assert "stats() -> dict[str, int]" in made
+    assert "histogram" in _documented(made)
+    assert "histogram() -> dict[str, int]" in made
     on_disk = api_reference.PAGE.read_text(encoding="utf-8")
-    assert "stats" not in _documented(on_disk)
+    assert "histogram" not in _documented(on_disk)
     assert made != on_disk
 
 

@@ -173,8 +173,9 @@ def test_parts_import_each_other_only_through_their_faces() -> None:
 #: in code, strings or comments (its own package name aside). The patch tells
 #: it what it needs (``_patch/_retry_rules.py``).
 _TARGET_NAMES = re.compile(r"mlx(?!_vlm_safe)|metal|cuda|max_tokens", re.IGNORECASE)
-#: The shared modules the engine may use: logging only.
-_ENGINE_SHARED = {"mlx_vlm_safe._log"}
+#: The shared modules the engine may use: logging, and the registry of
+#: ``MLX_VLM_SAFE_*`` variables its policy's variables are checked through.
+_ENGINE_SHARED = {"mlx_vlm_safe._log", "mlx_vlm_safe._env"}
 
 
 def test_the_retry_engine_knows_nothing_of_mlx_vlm() -> None:
@@ -268,7 +269,9 @@ PATCH_STAGES: tuple[tuple[str, ...], ...] = (
         "_behaviour",
         "_thread_exit",
         "_memory",
+        "_retry_rules",
         "_retry_wiring",
+        "_variables",
         "_wrappers",
     ),
     ("_probes",),  # the generate path's probes, and the runner of every probe

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from packaging.version import InvalidVersion, Version
 
-from .._patch import FIXES
+from .._patch import FIXES, stream_error
 from .._releases import RELEASES, release_for
 
 #: The probes behind the two questions answered every time (a fix's sentence
@@ -89,8 +89,7 @@ def _stream_error(error: str | None, device: str) -> str:
     quoted = (error or "").partition("; ")[0].rstrip(".")
     if quoted.startswith("RuntimeError: "):
         return quoted
-    kind = "cpu" if device == "cpu" else "gpu"
-    return f"RuntimeError: There is no Stream({kind}, …) in current thread"
+    return stream_error(device)
 
 
 def _threads(verdict: str | None) -> str:

@@ -33,6 +33,7 @@ from ._api import (
     switched_off,
     unpatch,
 )
+from ._fixes import stream_error
 from ._inventory import distributions, metadata_version
 from ._locate import locate
 from ._memory import snapshot as memory_snapshot
@@ -69,6 +70,7 @@ __all__ = [
     "patch",
     "report",
     "retry",
+    "stream_error",
     "switched_off",
     "text_of",
     "unpatch",

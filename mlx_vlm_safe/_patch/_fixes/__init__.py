@@ -62,6 +62,12 @@ class Methods:
     replacements: Mapping[str, Callable[..., Any]]
 
 
+def stream_error(device: str) -> str:
+    """Mlx's error for a stream used off its thread, on ``device``'s kind."""
+    kind = "cpu" if device == "cpu" else "gpu"
+    return f"RuntimeError: There is no Stream({kind}, 0) in current thread"
+
+
 @dataclasses.dataclass(frozen=True)
 class FixSpec:
     """One fix: when it applies, what it replaces, how, and why.
@@ -118,4 +124,5 @@ class FixSpec:
         ``facts`` fill the sentence's other fields (the thread fix quotes the
         ``stream`` error its probe saw on this device).
         """
+        facts.setdefault("stream", stream_error("cpu"))
         return self.doctor.format(where=where, fixed=self.fixed_upstream_in, **facts)
