@@ -58,6 +58,9 @@ class CallRecord:
         memory_wait: seconds spent waiting for memory (admission).
         memory_refusals: times the memory guard refused an attempt.
         deadline: the time limit in force for the call, in seconds.
+        model: the model's type (``config.model_type``, e.g. ``"paligemma"``),
+            never a path.
+        temperature: the sampling temperature asked for, when a number.
 
     """
 
@@ -76,6 +79,8 @@ class CallRecord:
     memory_wait: float
     memory_refusals: int
     deadline: float | None
+    model: str | None = None
+    temperature: float | None = None
 
     @property
     def tokens_per_second(self) -> float | None:

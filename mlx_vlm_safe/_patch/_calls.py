@@ -56,9 +56,11 @@ class Call:
         "input_tokens",
         "memory_refusals",
         "memory_wait",
+        "model",
         "operation",
         "requested",
         "started",
+        "temperature",
         "watch",
     )
 
@@ -78,7 +80,23 @@ class Call:
         #: someone cancelled it): the one attribute the token loop reads.
         self.watch = False
         self.end: StreamEnd | None = None
+        self.model: str | None = None
+        self.temperature: float | None = None
         _IN_FLIGHT.add(self)
+
+    def describe(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        """Note the model's type and the temperature (for telemetry), nothing else.
+
+        The model is the first argument of every release's ``generate`` and
+        ``stream_generate``; its ``config.model_type`` names the kind of model
+        without naming a file. A temperature is kept only when it is a number.
+        """
+        model = args[0] if args else kwargs.get("model")
+        kind = getattr(getattr(model, "config", None), "model_type", None)
+        self.model = kind if isinstance(kind, str) else None
+        temperature = kwargs.get("temperature")
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+            self.temperature = float(temperature)
 
 
 #: Calls made and not yet finished. Weak: a stream dropped before its first
@@ -148,6 +166,8 @@ def finish(
         memory_wait=call.memory_wait,
         memory_refusals=call.memory_refusals,
         deadline=call.deadline,
+        model=call.model,
+        temperature=call.temperature,
     )
     if result is not None and hasattr(result, "__dict__"):
         with contextlib.suppress(Exception):  # a frozen result: it has no record

@@ -228,6 +228,7 @@ def wrap_stream_generate(
         if driver is not None:  # our generate() drives it: part of that call
             return _observed(run(*args, **kwargs), max_tokens, empty_item, driver)
         call = Call("stream_generate", max_tokens)
+        call.describe(args, kwargs)
         if retrying is None or _call_state().active:
             try:
                 stream = run(*args, **kwargs)
@@ -287,6 +288,7 @@ def wrap_generate(
         call = Call(
             "generate", default_max_tokens if max_tokens is None else max_tokens
         )
+        call.describe(args, kwargs)
         token = CURRENT.set(call)
         try:
             if call_with is None:

@@ -131,6 +131,8 @@ class Telemetry:
 
 def _span_attributes(record: CallRecord) -> dict[str, Any]:
     found: dict[str, Any] = {
+        "gen_ai.request.model": record.model,
+        "gen_ai.request.temperature": record.temperature,
         "gen_ai.request.max_tokens": record.requested_max_tokens,
         "gen_ai.usage.input_tokens": record.input_tokens,
         "gen_ai.usage.output_tokens": record.output_tokens,

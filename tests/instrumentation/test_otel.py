@@ -104,6 +104,9 @@ def test_one_span_per_call_with_its_attributes_and_events(
         if e.finish_reason is not None:
             want["gen_ai.response.finish_reasons"] = (e.finish_reason,)
         want["mlx_vlm_safe.max_tokens"] = e.served
+        want["gen_ai.request.model"] = "paligemma"  # the tiny model's type
+        if record.temperature is not None:
+            want["gen_ai.request.temperature"] = record.temperature
         assert dict(span.attributes) == want, e.name
         status = StatusCode.ERROR if e.outcome == "error" else StatusCode.UNSET
         assert span.status.status_code == status, e.name
