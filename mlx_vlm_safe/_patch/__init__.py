@@ -13,10 +13,33 @@ imports mlx or mlx-vlm: the patch works on whatever ``mlx_vlm`` is loaded
 * ``_registry``: install and restore replacements by identity.
 * ``_api``: ``patch()``, ``unpatch()``, ``report()`` under one lock.
 * ``_wrappers``, ``_results``, ``_retry_wiring``, ``_memory``,
-  ``_thread_exit``: what runs on every call.
+  ``_thread_exit``, ``_calls``: what runs on every call.
+* ``_deadlines`` (time limits, cancel handles), ``_shutdown``
+  (``cancel_all()``, the exit): what stops a call early.
 """
 
-from ._api import PatchError, activate, is_patched, on_import, patch, report, unpatch
+from ._api import (
+    PatchError,
+    activate,
+    is_patched,
+    on_import,
+    patch,
+    release_function,
+    report,
+    unpatch,
+)
+from ._calls import GenerationCancelled
+from ._deadlines import (
+    SCOPE,
+    TIMEOUT_VARIABLE,
+    Canceller,
+    Scope,
+    checked_timeout,
+    deadline,
+    deadline_in_force,
+    reset_timeout,
+    set_timeout,
+)
 from ._inventory import distributions, metadata_version
 from ._locate import locate
 from ._memory import snapshot as memory_snapshot
@@ -24,17 +47,27 @@ from ._mlx import device
 from ._plan import FIXES, examine
 from ._report import Fix, Probe, Report
 from ._results import Outcome, last_outcome, text_of
+from ._shutdown import cancel_all
 from ._thread_exit import arm_thread_exit
 
 __all__ = [
     "FIXES",
+    "SCOPE",
+    "TIMEOUT_VARIABLE",
+    "Canceller",
     "Fix",
+    "GenerationCancelled",
     "Outcome",
     "PatchError",
     "Probe",
     "Report",
+    "Scope",
     "activate",
     "arm_thread_exit",
+    "cancel_all",
+    "checked_timeout",
+    "deadline",
+    "deadline_in_force",
     "device",
     "distributions",
     "examine",
@@ -45,7 +78,10 @@ __all__ = [
     "metadata_version",
     "on_import",
     "patch",
+    "release_function",
     "report",
+    "reset_timeout",
+    "set_timeout",
     "text_of",
     "unpatch",
 ]

@@ -14,15 +14,18 @@ import importlib
 import sys
 import threading
 from types import ModuleType
+from typing import Any
 
 from .. import _env, _hook, _releases
 from .._log import log
 from . import _mlx
+from ._deadlines import deadline_in_force
 from ._locate import Located, locate
 from ._memory._guard import last_note
 from ._plan import REASONS, Plan, examine, make_plan
 from ._registry import Registry
 from ._report import Fix, Probe, Report, Status
+from ._shutdown import install_shutdown_hook
 
 
 class PatchError(RuntimeError):
@@ -102,6 +105,7 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
         )
     plan = make_plan(located, findings, _warn_once)
     _REGISTRY.install(plan.replacements)
+    install_shutdown_hook()
     _STATE.plan = plan
     _STATE.located = located
     _STATE.version = version if isinstance(version, str) else None
@@ -191,6 +195,28 @@ def unpatch() -> Report:
     return report()
 
 
+def release_function(name: str) -> Any:
+    """The ``generate`` or ``stream_generate`` callers get now (patched if it can be).
+
+    For the async face: it patches first (idempotent), then reads the name
+    where the release's own code looks it up (the module that defines
+    ``generate``), so it is the patched one. With the kill switch on, or a
+    layout the patch does not know, it is the release's own, from the
+    package (or ``mlx_vlm.utils`` before 0.1.15).
+    """
+    patch()
+    located = _STATE.located
+    home = None if located is None else sys.modules.get(located.home or "")
+    function = getattr(home, name, None) if is_patched() else None
+    if callable(function):
+        return function
+    package = importlib.import_module(_hook.PACKAGE)
+    function = getattr(package, name, None)
+    if not callable(function):  # 0.1.x: the attribute can be the CLI module
+        function = getattr(importlib.import_module(_hook.PACKAGE + ".utils"), name)
+    return function
+
+
 def is_patched() -> bool:
     """Whether the fixes are in place now."""
     return _STATE.status == "patched"
@@ -237,4 +263,5 @@ def report(*, inventory: bool = True) -> Report:
         unreachable=unreachable(originals) if inventory else (),
         warnings=warnings,
         memory=last_note(),
+        deadline=deadline_in_force(),
     )
