@@ -25,6 +25,7 @@ from ._memory._guard import last_note
 from ._plan import REASONS, Plan, examine, make_plan
 from ._registry import Registry
 from ._report import Fix, Probe, Report, Status
+from ._server_threads import arm_loaded_servers, arm_server_threads
 from ._shutdown import install_shutdown_hook
 
 
@@ -75,6 +76,8 @@ def on_import(module: ModuleType) -> None:
     with _LOCK:
         if _STATE.status == "patched":
             _REGISTRY.sweep(module)
+            if module.__name__.startswith("mlx_vlm.server"):
+                arm_server_threads(module)
         elif _STATE.armed and module.__name__ == _hook.PACKAGE:
             try:
                 _apply(module, strict=False)
@@ -106,6 +109,7 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
     plan = make_plan(located, findings, _warn_once)
     _REGISTRY.install(plan.replacements)
     install_shutdown_hook()
+    arm_loaded_servers()
     _STATE.plan = plan
     _STATE.located = located
     _STATE.version = version if isinstance(version, str) else None

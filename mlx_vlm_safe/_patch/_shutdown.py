@@ -15,8 +15,9 @@ called without an active exception``, exit 134). ``threading._register_atexit``
 (what ``concurrent.futures`` uses to stop its pools) runs a function when the
 main thread ends, *before* that join: there we cancel every call in flight,
 mark new calls as born cancelled (a pool's queued work must not start a
-generation now), and let the join finish within one token. ``atexit`` would
-run after the join: too late.
+generation now), stop mlx-vlm's own server threads (``_server_threads``),
+and let the join finish within one token. ``atexit`` would run after the
+join: too late.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import threading
 
 from ._calls import in_flight
 from ._deadlines import LIMITS
+from ._server_threads import stop_servers
 
 __all__ = ["cancel_all", "install_shutdown_hook"]
 
@@ -66,7 +68,7 @@ def _on_main_thread_end() -> None:
     within one token.
     """
     LIMITS.closing = True
-    cancelled = cancel_all()
+    cancelled = cancel_all() + stop_servers()
     if not cancelled or threading.current_thread() is not threading.main_thread():
         return
     try:

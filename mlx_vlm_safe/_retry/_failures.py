@@ -42,11 +42,8 @@ __all__ = ["DEFAULT_RUNTIME", "RetryLoop", "Runtime"]
 class Runtime:
     """Time and randomness, injectable so property tests run instantly.
 
-    ``time_left``, if given, says how many seconds the caller's own time limit
-    leaves (``None``: no limit): a wait that would end past it is not taken,
-    and the loop gives up (reason ``"timeout"``) with the last error instead,
-    because the next attempt could only be cut short. ``sleep`` may raise to
-    end a wait early (a cancelled call); its exception reaches the caller.
+    ``time_left``: seconds left of the caller's own time limit (``None``: no
+    limit); a wait ending past it is not taken, the loop gives up ("timeout").
     """
 
     clock: Callable[[], float] = time.perf_counter
@@ -232,11 +229,9 @@ class RetryLoop:
             wait = backoff(policy, number, self.rt)
         if policy.deadline is not None and elapsed + wait > policy.deadline:
             return Decision(Action.GIVE_UP, "deadline", why)
-        time_left = self.rt.time_left
-        if time_left is not None:
-            left = time_left()
-            if left is not None and wait >= left:
-                return Decision(Action.GIVE_UP, "timeout", why)
+        left = self.rt.time_left() if self.rt.time_left else None
+        if left is not None and wait >= left:
+            return Decision(Action.GIVE_UP, "timeout", why)
         return Decision(Action.RETRY, "retry", why, wait)
 
     def _run_attempt(
