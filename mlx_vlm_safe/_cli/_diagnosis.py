@@ -112,3 +112,6 @@ class Diagnosis:
     warnings: tuple[str, ...]
     live: Live | None
     memory: dict[str, Any] | None = None  # the memory guard's budget (_budget)
+    #: The time limit a generation gets: ``timeout`` (seconds or ``None``),
+    #: ``variable`` (raw ``MLX_VLM_SAFE_TIMEOUT``), ``summary``.
+    deadline: dict[str, Any] | None = None

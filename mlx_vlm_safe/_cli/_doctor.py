@@ -49,6 +49,8 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
   generation may add now, after ``margin``), ``source`` (the tightest),
   ``sources`` (room per source: ``cgroup``, ``MemAvailable``, ``RLIMIT_AS``,
   ``memory_limit``), ``margin``, ``summary``
+* ``deadline``: ``timeout`` (seconds each generation may run, or ``null``),
+  ``variable`` (raw ``MLX_VLM_SAFE_TIMEOUT``), ``summary``
 * ``live``: ``null`` without ``--live``, else ``{ok, tokens, text,
   finish_reason, seconds, error, worker_thread_same}``: the same greedy call
   runs on this thread, then on a worker thread, and ``ok`` needs both
@@ -307,7 +309,24 @@ def collect(*, live: bool = False) -> Diagnosis:
         warnings=tuple(warnings + list(f.patch.warnings)),
         live=f.live,
         memory=_patch.memory_snapshot(),
+        deadline=_deadline(),
     )
+
+
+def _deadline() -> dict[str, Any]:
+    """The time limit a generation in this process gets (``deadline`` field)."""
+    raw = os.environ.get(_patch.TIMEOUT_VARIABLE)
+    summary = _patch.deadline_in_force()
+    if summary == "none":
+        summary = (
+            "none: a generation runs until it ends (set "
+            f"{_patch.TIMEOUT_VARIABLE} or configure(timeout=))"
+        )
+    return {
+        "timeout": _patch.LIMITS.timeout,
+        "variable": raw,
+        "summary": summary,
+    }
 
 
 def run(*, as_json: bool = False, live: bool = False, out: TextIO | None = None) -> int:

@@ -30,6 +30,7 @@ from ._api import (
 )
 from ._calls import GenerationCancelled
 from ._deadlines import (
+    LIMITS,
     SCOPE,
     TIMEOUT_VARIABLE,
     Canceller,
@@ -52,6 +53,7 @@ from ._thread_exit import arm_thread_exit
 
 __all__ = [
     "FIXES",
+    "LIMITS",
     "SCOPE",
     "TIMEOUT_VARIABLE",
     "Canceller",
