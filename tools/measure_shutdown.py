@@ -93,8 +93,8 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes], log: pathlib.Path) -> None
     raise SystemExit("did not start")
 
 
-def one_run(  # noqa: PLR0915 - one scenario, top to bottom
-    target: str, sigs: list[int], patched: bool, inflight: bool
+def one_run(  # noqa: PLR0912, PLR0915 - one scenario, top to bottom
+    target: str, sigs: list[int], patched: bool, inflight: bool, timeout: str = ""
 ) -> str:
     """Start, load, signal, wait: one line of the table."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="shutdown-"))
@@ -108,6 +108,8 @@ def one_run(  # noqa: PLR0915 - one scenario, top to bottom
     prefix = [sys.executable, "-m", "mlx_vlm_safe", "run", "--"] if patched else []
     if not patched:
         env["MLX_VLM_SAFE_DISABLE"] = "1"
+    if timeout:
+        env["MLX_VLM_SAFE_TIMEOUT"] = timeout
     if target == "app":
         env["VISION_APP_MODEL"] = str(checkpoint)
         command = [sys.executable, "-m", "uvicorn", "vision_app:app"]
@@ -181,6 +183,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--patched", action="store_true")
     parser.add_argument("--inflight", action="store_true")
+    parser.add_argument("--timeout", default="", help="MLX_VLM_SAFE_TIMEOUT")
     args = parser.parse_args()
     sigs = [getattr(signal, "SIG" + name) for name in args.signals.split(",")]
     import mlx_vlm
@@ -189,9 +192,10 @@ def main() -> None:
         f"mlx-vlm {mlx_vlm.__version__} {args.target} "
         f"{'patched' if args.patched else 'unpatched'} {args.signals}"
         f"{' in-flight' if args.inflight or args.target == 'app' else ''}"
+        f"{f' MLX_VLM_SAFE_TIMEOUT={args.timeout}' if args.timeout else ''}"
     )
     for number in range(args.runs):
-        result = one_run(args.target, sigs, args.patched, args.inflight)
+        result = one_run(args.target, sigs, args.patched, args.inflight, args.timeout)
         print(f"{label} run {number + 1}: {result}", flush=True)
 
 
