@@ -22,7 +22,7 @@ import pytest
 
 import mlx_vlm_safe
 from mlx_vlm_safe.testing import plant_fault
-from tests.conftest import counting_tokens
+from tests.conftest import counting_tokens, run_python
 
 pytestmark = pytest.mark.model
 
@@ -211,3 +211,51 @@ def mlx_vlm_safe_generate(exports: Any) -> Any:
 
     generate = mlx_vlm.generate
     return generate if callable(generate) else exports.generate
+
+
+SHUTDOWN_PROGRAM = """
+import sys, time, threading
+from concurrent.futures import ThreadPoolExecutor
+import mlx_vlm_safe, mlx_vlm
+from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
+
+model, processor = mlx_vlm.load(str(build_tiny_checkpoint()))
+prompt = tiny_prompt(processor, model.config, "Describe the picture.")
+image = [str(tiny_image_path())]
+outcome = []
+
+def work():
+    try:
+        mlx_vlm.generate(model, processor, prompt, image=image, max_tokens=100000,
+                         verbose=False)
+        outcome.append("finished")
+    except BaseException as exc:
+        outcome.append(type(exc).__name__)
+        print("worker:", type(exc).__name__, flush=True)
+
+pool = ThreadPoolExecutor(2)  # not a context manager: joined at exit
+pool.submit(work)
+pool.submit(work)  # queued behind nothing: both run
+threading.Thread(target=work).start()  # a plain non-daemon thread
+time.sleep(3)
+print("main: done", flush=True)
+"""
+
+
+@pytest.mark.subprocess
+def test_the_end_of_main_cancels_generations_on_worker_threads(release: Any) -> None:
+    """The interpreter joins worker threads at exit: they end within a token.
+
+    Three 100000-token generations are running (two in a thread pool, one on
+    a plain thread) when the main thread ends: the process exits at once with
+    status 0, and each worker saw ``GenerationCancelled``.
+    """
+    _long_enough(release)
+    started = time.monotonic()
+    proc = run_python(SHUTDOWN_PROGRAM, timeout=120)
+    took = time.monotonic() - started
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "terminate called" not in output, output[-3000:]
+    assert output.count("worker: GenerationCancelled") == 3, output[-3000:]
+    print(f"\nexit after {took:.1f} s (load and 3 s of generating included)")
