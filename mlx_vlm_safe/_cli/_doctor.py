@@ -91,6 +91,7 @@ from ._diagnosis import (
     Live,
     MlxVlm,
     PatchState,
+    deadline_fact,
 )
 from ._live import live_generation
 
@@ -309,24 +310,8 @@ def collect(*, live: bool = False) -> Diagnosis:
         warnings=tuple(warnings + list(f.patch.warnings)),
         live=f.live,
         memory=_patch.memory_snapshot(),
-        deadline=_deadline(),
+        deadline=deadline_fact(),
     )
-
-
-def _deadline() -> dict[str, Any]:
-    """The time limit a generation in this process gets (``deadline`` field)."""
-    raw = os.environ.get(_patch.TIMEOUT_VARIABLE)
-    summary = _patch.deadline_in_force()
-    if summary == "none":
-        summary = (
-            "none: a generation runs until it ends (set "
-            f"{_patch.TIMEOUT_VARIABLE} or configure(timeout=))"
-        )
-    return {
-        "timeout": _patch.LIMITS.timeout,
-        "variable": raw,
-        "summary": summary,
-    }
 
 
 def run(*, as_json: bool = False, live: bool = False, out: TextIO | None = None) -> int:

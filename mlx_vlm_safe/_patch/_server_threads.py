@@ -93,7 +93,10 @@ def stop_servers() -> int:
         if thread is None or not thread.is_alive() or not callable(stop):
             continue
         with contextlib.suppress(Exception):
-            stop(timeout=STOP_WAIT)
+            try:
+                stop(timeout=STOP_WAIT)
+            except TypeError:  # 0.5.0: no timeout argument (it waits 5 s)
+                stop()
             stopped += 1
     return stopped
 
