@@ -40,6 +40,7 @@ __all__ = [
     "checked_timeout",
     "deadline",
     "deadline_in_force",
+    "limit_for_new_call",
     "reset_timeout",
     "set_timeout",
 ]
@@ -245,6 +246,21 @@ class deadline:  # used like a function: ``with deadline(30):``
         traceback: TracebackType | None,
     ) -> None:
         SCOPE.reset(self._tokens.pop())
+
+
+def limit_for_new_call() -> tuple[float, float] | None:
+    """``(seconds, at)`` for work that starts now outside a ``Call``, or ``None``.
+
+    For generations the patch does not run as calls (mlx-vlm's own server
+    threads): the same rules as ``Call.__init__``.
+    """
+    scope = SCOPE.get()
+    if scope is not None and scope.sets_deadline:
+        if scope.at is None or scope.seconds is None:
+            return None
+        return scope.seconds, scope.at
+    timeout = LIMITS.timeout
+    return None if timeout is None else (timeout, clock() + timeout)
 
 
 def deadline_in_force() -> str:

@@ -16,15 +16,20 @@ What we do, with the release's own handles:
   clean exit (``_thread_exit``) and to remember the generator (weakly).
 * ``generate()`` returns a token iterator whose ``close()`` cancels its
   request (the release documents it as safe from any thread); we remember
-  those (weakly) too.
+  those (weakly) too. Where a time limit is in force
+  (``MLX_VLM_SAFE_TIMEOUT``), the handler gets them through
+  :func:`_limited`: past the deadline the request is cancelled and the
+  handler sees ``TimeoutError``, as with ``generate()``; so uvicorn's drain
+  on the first Ctrl-C or SIGTERM is bounded on these servers too.
 * When the main thread ends (``_shutdown``), :func:`stop_servers` closes the
   iterators still open (their requests stop at the thread's next step),
   then calls each live generator's ``stop_and_join()``: the thread ends, and
   the exit waits for its teardown.
 
-What the release does not give: a way to stop a request while uvicorn's
-first Ctrl-C waits for its connection to close (uvicorn drains requests
-first, by design; a second Ctrl-C stops waiting).
+What the release does not give: a way to stop, on the first Ctrl-C, a
+request without a time limit: uvicorn drains requests first, by design, and
+the release's cancel set (``_cancel(uid)``) is private; a second Ctrl-C
+stops waiting.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ import contextlib
 import functools
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
+from ._calls import GenerationCancelled, clock
+from ._deadlines import LIMITS, limit_for_new_call
 from ._thread_exit import arm_thread_exit
 
 __all__ = ["arm_loaded_servers", "arm_server_threads", "stop_servers"]
@@ -63,13 +70,43 @@ def _armed_run(run: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return _run
 
 
+def _limited(tokens: Any, seconds: float, at: float) -> Iterator[Any]:
+    """The request's tokens, until its deadline: then cancel it, raise.
+
+    Closing the release's iterator is its own cancel (the request leaves
+    the batch at the thread's next step).
+    """
+    count = 0
+    try:
+        for item in tokens:
+            count += 1
+            if LIMITS.closing:
+                raise GenerationCancelled(
+                    f"generation cancelled after {count} tokens (mlx_vlm_safe)"
+                )
+            if clock() >= at:
+                raise TimeoutError(
+                    f"generation stopped at its deadline of {seconds:g} s after "
+                    f"{count} tokens (mlx_vlm_safe)"
+                )
+            yield item
+    finally:
+        close = getattr(tokens, "close", None)
+        if callable(close):
+            close()
+
+
 def _remembering(generate: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(generate)
     def remembered(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = generate(self, *args, **kwargs)
         if isinstance(result, tuple) and len(result) == 2:
+            context, tokens = result
             with contextlib.suppress(TypeError):
-                _ITERATORS.add(result[1])
+                _ITERATORS.add(tokens)
+            limit = limit_for_new_call()
+            if limit is not None:
+                result = (context, _limited(tokens, *limit))
         return result
 
     setattr(remembered, _ARMED, True)
