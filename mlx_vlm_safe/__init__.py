@@ -30,10 +30,13 @@ from . import _activate
 _PUBLIC = {
     "._patch": (
         "Fix",
+        "GenerationCancelled",
         "Outcome",
         "PatchError",
         "Probe",
         "Report",
+        "cancel_all",
+        "deadline",
         "is_patched",
         "last_outcome",
         "patch",
@@ -56,6 +59,7 @@ _PUBLIC = {
     "._configure": ("configure", "reset_config"),
     "._call_record": ("CallRecord",),
     ".instrumentation": ("Stats", "stats"),
+    "._async": ("agenerate", "astream_generate"),
 }
 _LAZY = {name: module for module, names in _PUBLIC.items() for name in names}
 __all__ = sorted(_LAZY)  # noqa: PLE0605 - built from _PUBLIC, checked by a test
@@ -66,14 +70,19 @@ if TYPE_CHECKING:
     from typing import Any
 
     __version__: str
+    from ._async import agenerate as agenerate
+    from ._async import astream_generate as astream_generate
     from ._call_record import CallRecord as CallRecord
     from ._configure import configure as configure
     from ._configure import reset_config as reset_config
     from ._patch import Fix as Fix
+    from ._patch import GenerationCancelled as GenerationCancelled
     from ._patch import Outcome as Outcome
     from ._patch import PatchError as PatchError
     from ._patch import Probe as Probe
     from ._patch import Report as Report
+    from ._patch import cancel_all as cancel_all
+    from ._patch import deadline as deadline
     from ._patch import is_patched as is_patched
     from ._patch import last_outcome as last_outcome
     from ._patch import patch as patch

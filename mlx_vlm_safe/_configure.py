@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Final
 
-from ._patch import _memory
+from ._patch import _memory, checked_timeout, reset_timeout, set_timeout
 from ._retry import RETRY_SETTINGS, RetryPolicy, get_policy
 from ._retry import configure as configure_retry
 from ._retry import reset_config as reset_retry
@@ -59,6 +59,7 @@ def configure(
     memory_margin: int | str | _Unchanged | None = UNCHANGED,
     memory_wait: float | str | _Unchanged | None = UNCHANGED,
     memory_shorten: bool | str | _Unchanged = UNCHANGED,
+    timeout: float | _Unchanged | None = UNCHANGED,
 ) -> RetryPolicy:
     """Change process-wide settings; return the retry policy now in force.
 
@@ -72,6 +73,11 @@ def configure(
     ``None``: the retry ``deadline``; ``0``: never) and ``memory_shorten``
     (``False``: a call that can never fit raises ``MemoryError`` instead of
     taking the retry ladder's smaller ``max_tokens``).
+    ``timeout`` is the seconds each generation may run (``None``: no limit;
+    the default is ``MLX_VLM_SAFE_TIMEOUT``, else none): past it a call stops
+    at its next token and raises ``TimeoutError``; ``with deadline(...)``
+    blocks override it. Not to be confused with ``deadline``, the retry
+    policy's budget for starting new attempts.
 
     Raises:
         TypeError: an unknown setting (Python's own, from the signature).
@@ -85,6 +91,8 @@ def configure(
 
 def _apply(changes: dict[str, object]) -> RetryPolicy:
     """Check every change with its owner, then apply them all (or none)."""
+    timing = "timeout" in changes
+    timeout = checked_timeout("timeout", changes.pop("timeout", None))
     memory = {k: changes.pop(k) for k in _memory.MEMORY_SETTINGS if k in changes}
     unrouted = sorted(set(changes) - RETRY_SETTINGS)
     if unrouted:  # a parameter added to the signature but to no owner
@@ -93,6 +101,8 @@ def _apply(changes: dict[str, object]) -> RetryPolicy:
     policy = configure_retry(**changes) if changes else get_policy()
     if new_memory is not None:
         _memory.use(new_memory)
+    if timing:
+        set_timeout(timeout)
     return policy
 
 
@@ -100,3 +110,4 @@ def reset_config() -> None:
     """Forget ``configure()`` changes; the environment is read again on next use."""
     reset_retry()
     _memory.reset_memory()
+    reset_timeout()

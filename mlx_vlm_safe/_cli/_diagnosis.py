@@ -8,8 +8,10 @@ value, so they cannot drift. The schema is described in ``_doctor``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
+from .. import _patch
 from .._patch import Fix, Probe
 
 SCHEMA = "mlx_vlm_safe.doctor/1"
@@ -123,3 +125,21 @@ class Diagnosis:
     live: Live | None
     memory: dict[str, Any] | None = None  # the memory guard's budget (_budget)
     stats: dict[str, Any] | None = None  # this process's calls (with --live)
+    #: The time limit a generation gets: ``timeout`` (seconds or ``None``),
+    #: ``variable`` (raw ``MLX_VLM_SAFE_TIMEOUT``), ``summary``.
+    deadline: dict[str, Any] | None = None
+
+
+def deadline_fact() -> dict[str, Any]:
+    """The time limit a generation in this process gets (``deadline`` field)."""
+    summary = _patch.deadline_in_force()
+    if summary == "none":
+        summary = (
+            "none: a generation runs until it ends (set "
+            f"{_patch.TIMEOUT_VARIABLE} or configure(timeout=))"
+        )
+    return {
+        "timeout": _patch.LIMITS.timeout,
+        "variable": os.environ.get(_patch.TIMEOUT_VARIABLE),
+        "summary": summary,
+    }

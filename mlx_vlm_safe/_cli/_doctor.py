@@ -54,6 +54,8 @@ content, schema ``mlx_vlm_safe.doctor/1``; every key is always present, with
   generation may add now, after ``margin``), ``source`` (the tightest),
   ``sources`` (room per source: ``cgroup``, ``MemAvailable``, ``RLIMIT_AS``,
   ``memory_limit``), ``margin``, ``summary``
+* ``deadline``: ``timeout`` (seconds each generation may run, or ``null``),
+  ``variable`` (raw ``MLX_VLM_SAFE_TIMEOUT``), ``summary``
 * ``live``: ``null`` without ``--live``, else ``{ok, tokens, text,
   finish_reason, seconds, error, worker_thread_same, cache,
   cache_unusable}``: the same greedy call runs on this thread, then on a
@@ -100,6 +102,7 @@ from ._diagnosis import (
     Live,
     MlxVlm,
     PatchState,
+    deadline_fact,
 )
 from ._live import live_generation
 
@@ -338,6 +341,7 @@ def collect(*, live: bool = False) -> Diagnosis:
         live=f.live,
         memory=_patch.memory_snapshot(),
         stats=dataclasses.asdict(instrumentation.stats()) if live else None,
+        deadline=deadline_fact(),
     )
 
 

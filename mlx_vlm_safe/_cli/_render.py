@@ -93,6 +93,8 @@ def render(d: Diagnosis) -> str:
     ]
     if d.memory is not None:
         out.append(_row("memory guard", d.memory["summary"]))
+    if d.deadline is not None:
+        out.append(_row("deadline", d.deadline["summary"]))
     if d.live is not None:
         lv = d.live
         result = (

@@ -13,7 +13,9 @@ imports mlx or mlx-vlm: the patch works on whatever ``mlx_vlm`` is loaded
 * ``_registry``: install and restore replacements by identity.
 * ``_api``: ``patch()``, ``unpatch()``, ``report()`` under one lock.
 * ``_wrappers``, ``_results``, ``_retry_wiring``, ``_memory``,
-  ``_thread_exit``: what runs on every call.
+  ``_thread_exit``, ``_calls``: what runs on every call.
+* ``_deadlines`` (time limits, cancel handles), ``_shutdown``
+  (``cancel_all()``, the exit): what stops a call early.
 
 A module imports only its own stage or an earlier one, in the order
 ``_locate``, the per-call modules, ``_probes``, ``_fixes``, ``_plan``,
@@ -29,9 +31,23 @@ from ._api import (
     is_patched,
     on_import,
     patch,
+    release_function,
     report,
     switched_off,
     unpatch,
+)
+from ._calls import GenerationCancelled
+from ._deadlines import (
+    LIMITS,
+    SCOPE,
+    TIMEOUT_VARIABLE,
+    Canceller,
+    Scope,
+    checked_timeout,
+    deadline,
+    deadline_in_force,
+    reset_timeout,
+    set_timeout,
 )
 from ._fixes import stream_error
 from ._inventory import distributions, metadata_version
@@ -41,6 +57,7 @@ from ._mlx import device
 from ._plan import FIXES, examine
 from ._report import Fix, Probe, Report
 from ._results import Outcome, last_outcome, text_of
+from ._shutdown import cancel_all
 from ._thread_exit import arm_thread_exit
 
 if TYPE_CHECKING:
@@ -51,13 +68,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIXES",
+    "LIMITS",
+    "SCOPE",
+    "TIMEOUT_VARIABLE",
+    "Canceller",
     "Fix",
+    "GenerationCancelled",
     "Outcome",
     "PatchError",
     "Probe",
     "Report",
+    "Scope",
     "activate",
     "arm_thread_exit",
+    "cancel_all",
+    "checked_timeout",
+    "deadline",
+    "deadline_in_force",
     "device",
     "distributions",
     "examine",
@@ -68,8 +95,11 @@ __all__ = [
     "metadata_version",
     "on_import",
     "patch",
+    "release_function",
     "report",
+    "reset_timeout",
     "retry",
+    "set_timeout",
     "stream_error",
     "switched_off",
     "text_of",

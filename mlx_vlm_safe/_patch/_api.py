@@ -16,16 +16,20 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 from .. import _env, _hook, _releases, instrumentation
 from .._log import log
 from . import _memory, _mlx, _variables
 from ._calls import in_flight
+from ._deadlines import deadline_in_force
 from ._locate import Located, locate
 from ._memory._guard import last_note
 from ._plan import REASONS, Plan, examine, make_plan
 from ._registry import Registry
 from ._report import Fix, Probe, Report, Status
+from ._server_threads import arm_loaded_servers, arm_server_threads
+from ._shutdown import install_shutdown_hook
 
 
 class PatchError(RuntimeError):
@@ -76,6 +80,8 @@ def on_import(module: ModuleType) -> None:
     with _LOCK:
         if _STATE.status == "patched":
             _REGISTRY.sweep(module)
+            if module.__name__.startswith("mlx_vlm.server"):
+                arm_server_threads(module)
         elif _STATE.armed and module.__name__ == _hook.PACKAGE:
             try:
                 _apply(module, strict=False)
@@ -107,6 +113,8 @@ def _apply(package: ModuleType, *, strict: bool) -> None:
         )
     plan = make_plan(located, findings, _warn_once, off=_STATE.off)
     _REGISTRY.install(plan.replacements)
+    install_shutdown_hook()
+    arm_loaded_servers()
     _STATE.plan = plan
     _STATE.located = located
     _STATE.version = version if isinstance(version, str) else None
@@ -256,6 +264,28 @@ def _repatch() -> None:
         patch()
 
 
+def release_function(name: str) -> Any:
+    """The ``generate`` or ``stream_generate`` callers get now (patched if it can be).
+
+    For the async face: it patches first (idempotent), then reads the name
+    where the release's own code looks it up (the module that defines
+    ``generate``), so it is the patched one. With the kill switch on, or a
+    layout the patch does not know, it is the release's own, from the
+    package (or ``mlx_vlm.utils`` before 0.1.15).
+    """
+    patch()
+    located = _STATE.located
+    home = None if located is None else sys.modules.get(located.home or "")
+    function = getattr(home, name, None) if is_patched() else None
+    if callable(function):
+        return function
+    package = importlib.import_module(_hook.PACKAGE)
+    function = getattr(package, name, None)
+    if not callable(function):  # 0.1.x: the attribute can be the CLI module
+        function = getattr(importlib.import_module(_hook.PACKAGE + ".utils"), name)
+    return function
+
+
 def is_patched() -> bool:
     """Whether the fixes are in place now."""
     return _STATE.status == "patched"
@@ -302,4 +332,5 @@ def report(*, inventory: bool = True) -> Report:
         unreachable=unreachable(originals) if inventory else (),
         warnings=warnings,
         memory=last_note(),
+        deadline=deadline_in_force(),
     )

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from .._call_record import CallOutcome, CallRecord, emit
+from ._deadlines import LIMITS, SCOPE
 from ._results import MAX_TOKENS, StreamEnd, outcome_of
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 clock = time.monotonic
+_scope = SCOPE.get
 
 
 class Call:
@@ -42,7 +44,8 @@ class Call:
 
     ``deadline_at`` is a ``clock()`` reading or ``None``; ``cancelled`` is set
     from another thread to stop the call at its next token. Slots, and no
-    ``__init__`` logic beyond plain stores: one is made on every call.
+    ``__init__`` logic beyond plain stores and the limits in force (one
+    ``ContextVar`` read, see ``_deadlines``): one is made on every call.
     """
 
     __slots__ = (
@@ -82,6 +85,17 @@ class Call:
         self.end: StreamEnd | None = None
         self.model: str | None = None
         self.temperature: float | None = None
+        scope = _scope()
+        if scope is None:
+            timeout = LIMITS.timeout
+            if timeout is not None:
+                self.deadline = timeout
+                self.deadline_at = self.started + timeout
+                self.watch = True
+        else:
+            scope.admit(self)
+        if LIMITS.closing:  # the interpreter is shutting down: stop at once
+            self.cancelled = self.watch = True
         _IN_FLIGHT.add(self)
 
     def describe(self, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
@@ -176,8 +190,16 @@ def finish(
     return record
 
 
-class GenerationCancelled(Exception):
-    """The call was cancelled (its task, ``cancel_all()``, the shutdown)."""
+class GenerationCancelled(BaseException):
+    """A generation was cancelled: by its task, ``cancel_all()`` or the shutdown.
+
+    A ``BaseException``, like ``asyncio.CancelledError`` and ``KeyboardInterrupt``,
+    on purpose: cancelling is the caller's (or the process's) decision, not a
+    failure of the call, so ``except Exception:`` fallbacks in application code
+    must not swallow it and carry on working on a thread the shutdown is
+    waiting for, and the retry engine, which handles ``Exception`` only,
+    never retries it. Catch it by name where a cancelled call is expected.
+    """
 
 
 def stop_if_due(call: Call, tokens: int) -> None:
@@ -191,8 +213,11 @@ def stop_if_due(call: Call, tokens: int) -> None:
             f"generation cancelled after {tokens} tokens (mlx_vlm_safe)"
         )
     at = call.deadline_at
-    if at is not None and clock() >= at:
-        raise TimeoutError(
-            f"generation exceeded its deadline of {call.deadline:g} s after "
-            f"{tokens} tokens (mlx_vlm_safe)"
-        )
+    if at is not None:
+        now = clock()
+        if now >= at:
+            raise TimeoutError(
+                f"generation stopped at its deadline of {call.deadline:g} s after "
+                f"{tokens} tokens, {now - call.started:.1f} s into the call "
+                "(mlx_vlm_safe)"
+            )

@@ -63,6 +63,9 @@ class Report:
             source, and whether the pre-flight estimate could be made for the
             last model (or why not: then only the in-flight check guards it);
             ``None`` before the first generation.
+        deadline: the time limit a call made by the caller of ``report()``
+            would get: ``"none"``, the configured ``timeout`` (and from where),
+            or the enclosing ``deadline()`` block's.
 
     """
 
@@ -78,6 +81,7 @@ class Report:
     unreachable: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     memory: str | None = None
+    deadline: str = "none"
 
     @property
     def active(self) -> bool:

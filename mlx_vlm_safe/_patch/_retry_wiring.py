@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._retry import STATE, CallSpec, call_runner, stream_with_retry
+from .._retry import STATE, CallSpec, Runtime, call_runner, stream_with_retry
 from ._behaviour import Behaviour
+from ._calls import CURRENT, clock, stop_if_due
 from ._locate import LADDER_KEYWORDS, Located
 from ._results import EMPTY, TOKENS
 from ._retry_rules import LADDER, RULES
@@ -44,6 +46,46 @@ def _tokens() -> int:
     state = _call_state()
     end = state.end
     return 0 if end is None or end is state.inherited else end[TOKENS]
+
+
+#: The longest a retry wait sleeps before it looks at its call again (seconds):
+#: ``cancel_all()`` and the shutdown end a wait within this.
+WAIT_SLICE = 0.05
+
+
+def _wait(seconds: float) -> None:
+    """A retry wait that a cancelled call, or its deadline, cuts short.
+
+    Runs inside the call's frames (``CURRENT`` is the call: ``generate()``
+    sets it, and a stream pulls its first item, the only place it retries,
+    with it set). Past the deadline it raises ``TimeoutError`` like a token
+    step would; :func:`_time_left` normally gives up before such a wait.
+    """
+    call = CURRENT.get()
+    if call is None:
+        time.sleep(seconds)
+        return
+    end = clock() + seconds
+    while True:
+        if call.watch:
+            stop_if_due(call, 0)
+        left = end - clock()
+        if left <= 0:
+            return
+        time.sleep(min(left, WAIT_SLICE))
+
+
+def _time_left() -> float | None:
+    """Seconds before the running call's deadline (``None``: it has none)."""
+    call = CURRENT.get()
+    if call is None or call.deadline_at is None:
+        return None
+    return call.deadline_at - clock()
+
+
+#: The retry engine's clock and sleep for the patched calls: waits count
+#: against the call's deadline and end when the call is cancelled.
+RUNTIME = Runtime(sleep=_wait, time_left=_time_left)
 
 
 def _positions(function: Callable[..., Any] | None) -> dict[str, int]:
@@ -81,5 +123,7 @@ def runners(located: Located, behaviour: Behaviour) -> tuple[CallRunner, StreamR
         ladder=LADDER,
     )
 
-    stream: StreamRunner = functools.partial(stream_with_retry, spec=stream_spec)
-    return call_runner(generate_spec), stream
+    stream: StreamRunner = functools.partial(
+        stream_with_retry, spec=stream_spec, runtime=RUNTIME
+    )
+    return call_runner(generate_spec, runtime=RUNTIME), stream

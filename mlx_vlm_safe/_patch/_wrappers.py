@@ -99,6 +99,8 @@ def _observed(
             thread.guard  # noqa: B018
         except AttributeError:
             arm()
+        if call.watch:  # cancelled, or past its deadline, before it starts
+            stop_if_due(call, 0)
         token = CURRENT.set(call)
         try:
             it = iter(stream)
@@ -152,15 +154,33 @@ def _ended(
 
 
 def _recorded(stream: Iterator[object], call: Call) -> Iterator[object]:
-    """A caller's own stream: its record when it ends, is closed, or raises."""
+    """A caller's own stream: its record when it ends, is closed, or raises.
+
+    The first item is pulled with ``call`` current: retries happen only before
+    it, and the retry waits read the call's deadline and cancellation there
+    (``_retry_wiring``).
+    """
     error: BaseException | None = None
     try:
+        token = CURRENT.set(call)
+        try:
+            first = next(stream, _NO_ITEM)
+        finally:
+            CURRENT.reset(token)
+        if first is _NO_ITEM:
+            return
+        yield first
         yield from stream
     except BaseException as exc:  # recorded, never swallowed
         error = exc
         raise
     finally:
-        finish(call, error)
+        close = getattr(stream, "close", None)
+        try:
+            if close is not None:  # closed early: stop the generation now
+                close()
+        finally:
+            finish(call, error)
 
 
 def _never_empty(stream: Iterator[object], empty_item: object) -> Iterator[object]:

@@ -57,7 +57,9 @@ class RetryDetails:
     ``None`` for an empty result; ``wait`` and ``changes`` describe the next
     attempt (0 and empty on give-up); ``elapsed`` counts from the start of
     attempt 1. ``reason`` is ``"retry"`` for ``on_retry``, and for
-    ``on_give_up`` one of ``"attempts"``, ``"deadline"``, ``"not-retryable"``.
+    ``on_give_up`` one of ``"attempts"``, ``"deadline"`` (the policy's retry
+    budget), ``"timeout"`` (the call's own time limit, ``Runtime.time_left``),
+    ``"not-retryable"``.
     """
 
     name: str

@@ -40,11 +40,16 @@ __all__ = ["DEFAULT_RUNTIME", "RetryLoop", "Runtime"]
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """Time and randomness, injectable so property tests run instantly."""
+    """Time and randomness, injectable so property tests run instantly.
+
+    ``time_left``: seconds left of the caller's own time limit (``None``: no
+    limit); a wait ending past it is not taken, the loop gives up ("timeout").
+    """
 
     clock: Callable[[], float] = time.perf_counter
     sleep: Callable[[float], object] = time.sleep  # Ctrl-C interrupts it at once
     uniform: Callable[[float, float], float] = random.uniform
+    time_left: Callable[[], float | None] | None = None
 
 
 DEFAULT_RUNTIME = Runtime()
@@ -226,6 +231,9 @@ class RetryLoop:
             wait = backoff(policy, number, self.rt)
         if policy.deadline is not None and elapsed + wait > policy.deadline:
             return Decision(Action.GIVE_UP, "deadline", why)
+        left = self.rt.time_left() if self.rt.time_left else None
+        if left is not None and wait >= left:
+            return Decision(Action.GIVE_UP, "timeout", why)
         return Decision(Action.RETRY, "retry", why, wait)
 
     def _run_attempt(

@@ -51,6 +51,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -243,7 +244,11 @@ def _wait_until_up(server: Server) -> str | None:
 
 @contextlib.contextmanager
 def _serving(
-    prefix: list[str], checkpoint: pathlib.Path, workdir: pathlib.Path, name: str
+    prefix: list[str],
+    checkpoint: pathlib.Path,
+    workdir: pathlib.Path,
+    name: str,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     port = _free_port()
     log = workdir / f"{name}.log"
@@ -255,7 +260,7 @@ def _serving(
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=_environ(),
+            env={**_environ(), **(settings or {})},
             cwd=cwd,
             start_new_session=True,  # its own process group, killed as a whole
         )
@@ -365,11 +370,15 @@ def assets(
 
 @contextlib.contextmanager
 def _started(
-    prefix: list[str], name: str, checkpoint: pathlib.Path, workdir: pathlib.Path
+    prefix: list[str],
+    name: str,
+    checkpoint: pathlib.Path,
+    workdir: pathlib.Path,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """A running server; the test fails (with the server's error) if it cannot start."""
     try:
-        with _serving(prefix, checkpoint, workdir, name) as server:
+        with _serving(prefix, checkpoint, workdir, name, settings) as server:
             yield server
     except _ServerDied as died:
         if prefix:  # ours failed: is it the release, or is it us?
@@ -499,3 +508,63 @@ def test_unpatched_server_shows_what_the_patch_fixes(
         assert re.search(ENTRY_ERROR, detail), detail
     else:
         assert any(fragment in detail for fragment in trigger.real_error), detail
+
+
+# Shutdown (issue 17) -----------------------------------------------------------
+
+LONG = 100_000
+
+
+def _long_body(api: Api, assets: tuple[pathlib.Path, str]) -> dict[str, Any]:
+    checkpoint, image = assets
+    key = "max_tokens" if api is CHAT else "max_output_tokens"
+    return {**api.body(str(checkpoint), image), key: LONG}
+
+
+@pytest.mark.parametrize(
+    ("sig", "in_flight"),
+    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, True)],
+    ids=["sigint-idle", "sigint-in-flight", "sigterm-in-flight"],
+)
+def test_patched_server_ends_normally_on_a_signal(
+    assets: tuple[pathlib.Path, str],
+    tmp_path: pathlib.Path,
+    sig: signal.Signals,
+    in_flight: bool,
+) -> None:
+    """Served requests, then SIGINT / SIGTERM: a normal end, never an abort.
+
+    Status 0 after Ctrl-C; after SIGTERM 0, or death by SIGTERM where
+    uvicorn re-raises it once it has shut down. The in-flight request asks
+    for 100000 tokens. uvicorn's first signal drains: it waits for that
+    request, by design (0.3.x serves it through ``--reload``, whose child is
+    sent SIGTERM). The operator bounds the wait with ``MLX_VLM_SAFE_TIMEOUT``
+    where the release generates through ``generate()`` /
+    ``stream_generate()``; from 0.5.0 the server's own thread is stopped at
+    exit instead (``_patch._server_threads``).
+    """
+    checkpoint, _ = assets
+    settings = {"MLX_VLM_SAFE_TIMEOUT": "5"} if in_flight else {}
+    with _started(RUN, "signalled", checkpoint, tmp_path, settings) as server:
+        api, failures = _serving_api(server, assets)
+        assert api is not None, failures
+        for _ in range(8):  # 9 served, with the one above
+            _good(server, api, assets)
+        if in_flight:
+            long = threading.Thread(
+                target=server.request, args=(api.path, _long_body(api, assets)),
+                daemon=True,
+            )  # fmt: skip
+            long.start()
+            time.sleep(2.0)
+        started = time.monotonic()
+        server.proc.send_signal(sig)
+        try:
+            status = server.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after {sig.name}:\n{server.log_tail()}")
+        took = time.monotonic() - started
+        log = server.log.read_text(errors="replace")
+    print(f"\n{sig.name}{' in flight' if in_flight else ''}: {status} in {took:.1f} s")
+    assert "terminate called" not in log, log[-3000:]
+    assert status in ((0,) if sig == signal.SIGINT else (0, -sig)), log[-3000:]

@@ -246,3 +246,122 @@ def test_ctrl_c_ends_the_service_with_status_0(
             log = running.log_tail()
             assert "terminate called" not in log, log
             assert status == 0, log
+
+
+# Deadlines, cancellation and shutdown (issue 17) ------------------------------
+
+LONG = 100_000
+
+
+def _produced(service: Service) -> int:
+    with urllib.request.urlopen(service.url + "/produced", timeout=30) as response:
+        return int(json.loads(response.read())["items"])
+
+
+def _start_long(service: Service, path: str, image: bytes) -> socket.socket:
+    """Send a ``max_tokens=100000`` upload; return the socket, the reply unread."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="max_tokens"'
+            f"\r\n\r\n{LONG}\r\n--{boundary}\r\nContent-Disposition: form-data; "
+            f'name="image"; filename="u.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    host, port = service.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + body)
+    return sock
+
+
+def _quiet(service: Service, settle: float = 1.0, limit: float = 30.0) -> int:
+    """The item count once it has stopped moving for ``settle`` seconds."""
+    end = time.monotonic() + limit
+    last = _produced(service)
+    while time.monotonic() < end:
+        time.sleep(settle)
+        now = _produced(service)
+        if now == last:
+            return now
+        last = now
+    pytest.fail(f"the streams never stopped producing:\n{service.log_tail()}")
+
+
+@pytest.mark.parametrize("path", ["/stream", "/astream"])
+def test_a_disconnected_client_stops_its_stream(
+    service: Service, png: bytes, release: Expected, path: str
+) -> None:
+    """A client that goes away stops the generation, not just the response."""
+    if release.tokens_for(LONG) != LONG:
+        pytest.skip("this release ignores max_tokens: no long generation to stop")
+    before = _quiet(service)
+    sock = _start_long(service, path, png)
+    received = sock.recv(4096)
+    assert b"200 OK" in received, received
+    while _produced(service) < before + 20:  # well into the generation
+        time.sleep(0.05)
+    sock.close()
+    after = _quiet(service)
+    print(f"\n{path}: {after - before} items, then the client left")
+    assert after - before < LONG // 10, service.log_tail()
+    assert _answer(*service.post(path, png)), "the next request is served"
+
+
+def _signalled(
+    tmp_path: pathlib.Path, png: bytes, release: Expected, sigs: list[int]
+) -> tuple[int, float, str]:
+    """Serve, start a 100000-token request, send ``sigs``: status, seconds, log.
+
+    One SIGTERM (or SIGINT) makes uvicorn drain: it waits for the request in
+    flight, by design. The operator bounds that wait with a time limit per
+    generation, ``MLX_VLM_SAFE_TIMEOUT`` (set here for the SIGTERM case:
+    the request ends at 4 s with a TimeoutError, and the server exits).
+    """
+    settings = {"MLX_VLM_SAFE_TIMEOUT": "4"} if len(sigs) == 1 else {}
+    with _serving(tmp_path, release, **settings) as running:
+        sock = _start_long(running, "/sync", png)
+        time.sleep(2.0)  # the request is generating
+        assert running.proc.poll() is None
+        first = time.monotonic()
+        for number, sig in enumerate(sigs):
+            if number:
+                time.sleep(0.3)
+            running.proc.send_signal(sig)
+        try:
+            status = running.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s after {sigs}:\n{running.log_tail()}")
+        took = time.monotonic() - first
+        sock.close()
+        return status, took, running.log.read_text(errors="replace")
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    "sigs",
+    [
+        [signal.SIGINT, signal.SIGINT],
+        [signal.SIGINT, signal.SIGINT, signal.SIGINT],
+        [signal.SIGTERM],
+    ],
+    ids=["sigint-x2", "sigint-x3", "sigterm"],
+)
+def test_a_generation_in_flight_never_holds_up_the_exit(
+    tmp_path: pathlib.Path, png: bytes, release: Expected, sigs: list[int]
+) -> None:
+    """uvicorn stops waiting; the in-flight generation is cancelled at exit.
+
+    Status 0, or death by the signal uvicorn re-raises once it has shut
+    down; never SIGABRT (134), never a wait for the 100000 tokens.
+    """
+    status, took, log = _signalled(tmp_path, png, release, sigs)
+    print(f"\n{[s.name for s in sigs]}: exit status {status} after {took:.1f} s")
+    assert "terminate called" not in log, log[-3000:]
+    assert status in (0, -sigs[-1]), log[-3000:]
+    assert took < 10.0, log[-3000:]

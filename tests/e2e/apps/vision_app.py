@@ -7,6 +7,11 @@ body in Starlette's thread pool, the async endpoint through
 ``asyncio.to_thread``. Form values go to ``generate()`` as they arrive
 (``temperature`` stays a string unless it is a number), like many real apps.
 Errors come back as JSON with their type and message.
+
+One endpoint opts into the library on purpose: ``/astream`` streams through
+``mlx_vlm_safe.astream_generate`` (the async face). ``/produced`` says how
+many items the streaming endpoints have made, so a test can see a stream
+stop when its client disconnects.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import asyncio
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import mlx_vlm
@@ -42,6 +47,8 @@ stream_generate = sys.modules["mlx_vlm.utils"].__dict__.get("stream_generate")
 stream_generate = getattr(mlx_vlm, "stream_generate", stream_generate)
 
 app = FastAPI()
+#: Items the streaming endpoints have produced, in total.
+PRODUCED = {"items": 0}
 
 
 def _text(result: Any) -> str:
@@ -108,8 +115,35 @@ def stream_endpoint(
             for item in stream_generate(
                 MODEL, PROCESSOR, PROMPT, image=[path], max_tokens=max_tokens
             ):
+                PRODUCED["items"] += 1
                 yield _text(item)
         finally:
             os.unlink(path)
 
     return StreamingResponse(pieces(), media_type="text/plain")
+
+
+@app.post("/astream")
+async def astream_endpoint(
+    image: UploadFile = File(...), max_tokens: int = Form(8)
+) -> StreamingResponse:
+    import mlx_vlm_safe
+
+    path = _saved(await image.read())
+
+    async def pieces() -> AsyncIterator[str]:
+        try:
+            async for item in mlx_vlm_safe.astream_generate(
+                MODEL, PROCESSOR, PROMPT, image=[path], max_tokens=max_tokens
+            ):
+                PRODUCED["items"] += 1
+                yield _text(item)
+        finally:
+            os.unlink(path)
+
+    return StreamingResponse(pieces(), media_type="text/plain")
+
+
+@app.get("/produced")
+def produced() -> JSONResponse:
+    return JSONResponse(PRODUCED)
