@@ -91,7 +91,7 @@ def configure(
 
 def _apply(changes: dict[str, object]) -> RetryPolicy:
     """Check every change with its owner, then apply them all (or none)."""
-    timing = "timeout" in changes
+    timing = "timeout" in changes  # the one name in DEADLINE_SETTINGS
     timeout = checked_timeout("timeout", changes.pop("timeout", None))
     memory = {k: changes.pop(k) for k in _memory.MEMORY_SETTINGS if k in changes}
     unrouted = sorted(set(changes) - RETRY_SETTINGS)

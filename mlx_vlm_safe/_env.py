@@ -80,6 +80,11 @@ def register(name: str, check: Callable[[str], object]) -> None:
     _CHECKS[name] = check
 
 
+def warned(name: str, raw: str) -> None:
+    """Note that ``name=raw`` was already reported by its reader (not twice)."""
+    _WARNED.add((name, raw))
+
+
 def registered() -> tuple[str, ...]:
     """The variables with a check, sorted."""
     return tuple(sorted(_CHECKS))

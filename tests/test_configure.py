@@ -67,11 +67,12 @@ def test_an_unknown_name_is_a_type_error_and_changes_nothing() -> None:
 
 def test_the_signature_names_every_setting_of_every_owner() -> None:
     """A setting added to an owner but not to the signature (or the reverse)."""
+    from mlx_vlm_safe._patch import DEADLINE_SETTINGS
     from mlx_vlm_safe._patch._memory import MEMORY_SETTINGS
     from mlx_vlm_safe._retry import RETRY_SETTINGS
 
     parameters = inspect.signature(mlx_vlm_safe.configure).parameters
-    assert set(parameters) == RETRY_SETTINGS | MEMORY_SETTINGS
+    assert set(parameters) == RETRY_SETTINGS | MEMORY_SETTINGS | DEADLINE_SETTINGS
     assert all(p.kind is p.KEYWORD_ONLY for p in parameters.values())
     assert {repr(p.default) for p in parameters.values()} == {"UNCHANGED"}
 

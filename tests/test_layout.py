@@ -265,6 +265,7 @@ PATCH_STAGES: tuple[tuple[str, ...], ...] = (
     ("_locate",),  # find the release's objects
     (  # what runs on every call; the fixes and the probes build on it
         "_results",
+        "_deadlines",
         "_calls",
         "_behaviour",
         "_thread_exit",
@@ -273,6 +274,8 @@ PATCH_STAGES: tuple[tuple[str, ...], ...] = (
         "_retry_wiring",
         "_variables",
         "_wrappers",
+        "_server_threads",  # stops mlx-vlm's own server threads at exit
+        "_shutdown",  # cancel_all() and the exit hook
     ),
     ("_probes",),  # the generate path's probes, and the runner of every probe
     ("_fixes",),  # one module per fix: its probe, FixSpec, builder, layer

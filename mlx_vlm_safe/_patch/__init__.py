@@ -38,6 +38,7 @@ from ._api import (
 )
 from ._calls import GenerationCancelled
 from ._deadlines import (
+    DEADLINE_SETTINGS,
     LIMITS,
     SCOPE,
     TIMEOUT_VARIABLE,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     retry: Retry
 
 __all__ = [
+    "DEADLINE_SETTINGS",
     "FIXES",
     "LIMITS",
     "SCOPE",

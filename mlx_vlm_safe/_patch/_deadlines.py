@@ -31,7 +31,10 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
 
+from .. import _env
+
 __all__ = [
+    "DEADLINE_SETTINGS",
     "LIMITS",
     "SCOPE",
     "TIMEOUT_VARIABLE",
@@ -47,6 +50,8 @@ __all__ = [
 
 #: Seconds each call may run (unset, empty or "off": no limit).
 TIMEOUT_VARIABLE = "MLX_VLM_SAFE_TIMEOUT"
+#: The names ``configure()`` takes for the time limit.
+DEADLINE_SETTINGS = frozenset({"timeout"})
 clock = time.monotonic
 
 
@@ -120,11 +125,13 @@ def _warn(message: str) -> None:
 def reset_timeout() -> None:
     """Forget ``configure(timeout=)``: read the environment again (now)."""
     with _lock:
+        raw = os.environ.get(TIMEOUT_VARIABLE)
         try:
-            LIMITS.timeout = parse_timeout(os.environ.get(TIMEOUT_VARIABLE))
+            LIMITS.timeout = parse_timeout(raw)
         except ValueError as exc:
             LIMITS.timeout = None
             _warn(str(exc))
+            _env.warned(TIMEOUT_VARIABLE, raw or "")
         LIMITS.from_env = LIMITS.timeout is not None
 
 

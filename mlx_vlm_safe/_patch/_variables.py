@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .. import _env
+from ._deadlines import TIMEOUT_VARIABLE, parse_timeout
 from ._memory._budget import (
     LIMIT_VARIABLE,
     MARGIN_VARIABLE,
@@ -39,6 +40,7 @@ def register() -> None:
         _env.register(name, _size_check(name))
     _env.register(WAIT_VARIABLE, lambda raw: parse_wait(raw, WAIT_VARIABLE))
     _env.register(SHORTEN_VARIABLE, lambda raw: parse_switch(raw, SHORTEN_VARIABLE))
+    _env.register(TIMEOUT_VARIABLE, parse_timeout)
 
 
 register()

@@ -65,7 +65,7 @@ class Methods:
 def stream_error(device: str) -> str:
     """Mlx's error for a stream used off its thread, on ``device``'s kind."""
     kind = "cpu" if device == "cpu" else "gpu"
-    return f"RuntimeError: There is no Stream({kind}, 0) in current thread"
+    return f"RuntimeError: There is no Stream({kind}, …) in current thread"
 
 
 @dataclasses.dataclass(frozen=True)
