@@ -11,14 +11,13 @@ to the ladder's 512/256 tokens as plain 200s, or as 500s with
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 
-from mlx_vlm_safe._patch._memory import _estimate
 from tools.matrix import Expected
 
 from ..conftest import Tiny
+from ..patch.test_memory_load import _one_fits
 from .test_service import _answer, _serving, png  # noqa: F401 - the png fixture
 
 pytestmark = pytest.mark.model
@@ -32,17 +31,7 @@ def test_concurrent_large_uploads_that_fit_one_at_a_time_are_all_served_whole(
     tiny: Tiny,
     png: bytes,  # noqa: F811 - the fixture imported above
 ) -> None:
-    arch = _estimate.architecture(tiny.model)
-    found: Any = _estimate.estimate(
-        arch,
-        processor=tiny.processor,
-        prompt=tiny.prompt,
-        image=tiny.image,
-        kwargs={},
-        max_tokens=TOKENS,
-    )
-    assert isinstance(found, _estimate.Estimate), found
-    limit = str(found.total * 3 // 2)  # one fits, two do not
+    limit = str(_one_fits(tiny, TOKENS))  # one fits, two do not
     workdir = tmp_path_factory.mktemp("service-memory")
     with _serving(workdir, release, MLX_VLM_SAFE_MEMORY_LIMIT=limit) as service:
         alone = _answer(*service.post("/sync", png, max_tokens=TOKENS))

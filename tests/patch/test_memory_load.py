@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import pathlib
-import signal
 import subprocess
 import sys
 import threading
@@ -24,18 +22,19 @@ from typing import Any
 import pytest
 
 import mlx_vlm_safe
-from mlx_vlm_safe._patch._memory import _estimate
 from mlx_vlm_safe._patch._memory._ledger import MemoryRefused, ledger
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 from tools.matrix import Expected
 
 from ..conftest import WIDE, Tiny
+from .test_memory import _estimate_for
+from .test_memory_capped import DEATHS
+from .test_memory_capped import _env as _capped_env
 
 pytestmark = pytest.mark.model
 TOKENS = 150  # prompt + 150 + the check's 32-token slack stay in one 256-step
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-DEATHS = {-signal.SIGSEGV, -signal.SIGKILL, -signal.SIGABRT, 139, 137, 134}
 
 
 @pytest.fixture(autouse=True)
@@ -48,18 +47,7 @@ def _fresh_settings() -> Iterator[None]:
 
 def _one_fits(tiny: Tiny, tokens: int = TOKENS) -> int:
     """A ``memory_limit`` that holds one call of ``tokens`` and not two."""
-    arch = _estimate.architecture(tiny.model)
-    assert arch.known, arch.reason
-    found = _estimate.estimate(
-        arch,
-        processor=tiny.processor,
-        prompt=tiny.prompt,
-        image=tiny.image,
-        kwargs={},
-        max_tokens=tokens,
-    )
-    assert isinstance(found, _estimate.Estimate), found
-    return found.total * 3 // 2
+    return _estimate_for(tiny, tokens).total * 3 // 2
 
 
 def _reserved() -> int:
@@ -184,16 +172,7 @@ def wide_path(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def _load(
     checkpoint: pathlib.Path, *, patched: bool, mode: str = "default"
 ) -> tuple[int, list[dict[str, Any]], str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
-    )
-    env.pop("MLX_VLM_SAFE_MEMORY_LIMIT", None)
-    env["MALLOC_ARENA_MAX"] = "1"  # no 64 MiB arena reservations per thread
-    if patched:
-        env.pop("MLX_VLM_SAFE_DISABLE", None)
-    else:
-        env["MLX_VLM_SAFE_DISABLE"] = "1"
+    env = _capped_env(patched)  # no arena reservations per thread, no limit set
     proc = subprocess.run(
         [
             sys.executable,

@@ -117,6 +117,16 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return _trim_fn[0]
 
 
+class _Ask(NamedTuple):
+    """One call's request, as :meth:`Ledger.admit` received it."""
+
+    need: int
+    room: Room
+    wait: float | None
+    stop: Callable[[], BaseException | None]
+    describe: Callable[[int, _budget.Budget, str], str]
+
+
 class Ledger:
     """The process's reservations and the queue of calls waiting for memory.
 
@@ -204,25 +214,29 @@ class Ledger:
                 may), or it did not fit within ``wait`` (``MemoryRefused``).
 
         """
-        fixed = budget.source == "memory_limit"
         with self._cond:
-            if not self._queue and need <= (budget.room or 0) - self._taken(fixed):
+            if not self._queue and self._fits(need, budget):
                 return self._grant(need), 0.0
             if self._never_fits(need, budget, room):
                 self.refused += 1
                 raise MemoryError(describe(need, budget, "never"))
-        return self._wait(need, budget, room, wait, stop, describe)
+        ask = _Ask(need, room, wait, stop, describe)
+        return self._wait(ask, budget)
+
+    def _fits(self, need: int, budget: _budget.Budget) -> bool:
+        """``need`` fits the room less what the calls in flight will still take."""
+        taken = self._taken(budget.source == "memory_limit")
+        return need <= (budget.room or 0) - taken
 
     def _fits_now(
         self, need: int, budget: _budget.Budget, room: Room
     ) -> tuple[bool, _budget.Budget]:
         """Whether ``need`` fits now; frees cached memory once if it would help."""
-        fixed = budget.source == "memory_limit"
-        if need <= (budget.room or 0) - self._taken(fixed):
+        if self._fits(need, budget):
             return True, budget
-        if not fixed and room.free():
+        if budget.source != "memory_limit" and room.free():
             budget = room.read() or budget
-            return need <= (budget.room or 0) - self._taken(fixed), budget
+            return self._fits(need, budget), budget
         return False, budget
 
     def _never_fits(self, need: int, budget: _budget.Budget, room: Room) -> bool:
@@ -236,15 +250,9 @@ class Ledger:
         back = sum(r.total for r in self._active) + room.reclaimable()
         return need > (budget.room or 0) + back
 
-    def _wait(  # noqa: PLR0917 - admit()'s own arguments, passed on
-        self,
-        need: int,
-        budget: _budget.Budget,
-        room: Room,
-        wait: float | None,
-        stop: Callable[[], BaseException | None],
-        describe: Callable[[int, _budget.Budget, str], str],
-    ) -> tuple[Reservation, float]:
+    def _wait(self, ask: _Ask, budget: _budget.Budget) -> tuple[Reservation, float]:
+        """The slow path of :meth:`admit`: queue, and take the turn when it fits."""
+        need, room, wait, stop, describe = ask
         started = clock()
         until = None if wait is None else started + wait
         ticket = object()
