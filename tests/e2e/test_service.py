@@ -93,9 +93,13 @@ def png(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 @contextlib.contextmanager
 def _serving(
-    workdir: pathlib.Path, release: Expected, **settings: str
+    workdir: pathlib.Path,
+    release: Expected,
+    *,
+    run_args: tuple[str, ...] = (),
+    **settings: str,
 ) -> Iterator[Service]:
-    """The vision app under ``mlx-vlm-safe run``, with ``settings`` in its env."""
+    """The vision app under ``mlx-vlm-safe run [run_args]``, ``settings`` in its env."""
     checkpoint = build_tiny_checkpoint(workdir / "checkpoint")
     port = _free_port()
     env = {
@@ -110,7 +114,7 @@ def _serving(
     if release.has("load_shim"):
         env["VISION_APP_LOAD_SHIM"] = "1"
     command = [
-        *(sys.executable, "-m", "mlx_vlm_safe", "run", "--"),
+        *(sys.executable, "-m", "mlx_vlm_safe", "run", *run_args, "--"),
         *(sys.executable, "-m", "uvicorn", "vision_app:app", "--app-dir", str(APPS)),
         *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
     ]

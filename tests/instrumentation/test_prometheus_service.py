@@ -12,76 +12,25 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
-from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
+from mlx_vlm_safe.testing import tiny_image_path
 from tools.matrix import Expected
 
-from ..e2e.test_service import APPS, START_TIMEOUT, Service, _free_port
+from ..e2e.test_service import Service, _free_port
+from ..e2e.test_service import _serving as _service
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
 
-@contextlib.contextmanager
 def _serving(
     workdir: pathlib.Path, release: Expected, metrics: int
-) -> Iterator[Service]:
-    checkpoint = build_tiny_checkpoint(workdir / "checkpoint")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "VISION_APP_MODEL": str(checkpoint),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(APPS.parents[2]), os.environ.get("PYTHONPATH")) if p
-        ),
-    }
-    if release.has("load_shim"):
-        env["VISION_APP_LOAD_SHIM"] = "1"
-    command = [
-        *(sys.executable, "-m", "mlx_vlm_safe", "run", "--metrics-port", str(metrics)),
-        *("--", sys.executable, "-m", "uvicorn", "vision_app:app"),
-        *("--app-dir", str(APPS), "--host", "127.0.0.1", "--port", str(port)),
-    ]
-    log = workdir / "service.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            command,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    service = Service(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the service died on start:\n{service.log_tail()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(service.url + "/openapi.json", timeout=5),
-            ):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"the service did not start:\n{service.log_tail()}")
-            time.sleep(0.3)
-        yield service
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+) -> contextlib.AbstractContextManager[Service]:
+    """The suite's vision app under ``run --metrics-port metrics``."""
+    return _service(workdir, release, run_args=("--metrics-port", str(metrics)))
 
 
 def _scrape(port: int) -> tuple[str, dict[str, list[tuple[dict[str, str], float]]]]:
