@@ -117,7 +117,9 @@ def test_waiting_off_refuses_instead_of_queueing(
     mlx_vlm_safe.configure(memory_limit=_one_fits(tiny), memory_wait=0)
     stream = iter(tiny.stream(exports.stream_generate, max_tokens=TOKENS))
     next(stream)  # admitted and holding its reservation
-    with pytest.raises(MemoryRefused, match="did not fit in time"):
+    with pytest.raises(
+        MemoryRefused, match="did not fit next to the generations in flight in time"
+    ):
         tiny.call(mlx_vlm.generate, max_tokens=TOKENS)
     assert len(mlx_vlm_safe.last_attempts()) == 1  # not retried
     stream.close()

@@ -205,7 +205,7 @@ def _refusal(need: int, budget: _budget.Budget, why: str, found: Any) -> str:
     elif why == "alone":
         what = "it does not fit even with no other generation running"
     else:
-        what = f"it did not fit in time ({why} for other generations to end)"
+        what = f"it did not fit next to the generations in flight in time ({why})"
     return (
         f"this generation needs about {_mib(need)} "
         f"(KV cache {_mib(found.kv_cache)} for {found.capacity} positions: "

@@ -281,9 +281,13 @@ class Ledger:
                     now = clock()
                     if until is not None and now >= until:
                         self.refused += 1
-                        raise MemoryRefused(
-                            describe(need, budget, f"waited {now - started:.1f} s")
+                        held = self._taken(budget.source == "memory_limit")
+                        why = (
+                            f"waited {now - started:.1f} s; {len(self._active)} "
+                            f"generation(s) in flight will still take "
+                            f"{held / 2**20:.1f} MiB of it"
                         )
+                        raise MemoryRefused(describe(need, budget, why))
                     left = POLL if until is None else min(POLL, until - now)
                     cond.wait(max(left, 0.0))
             finally:
