@@ -333,4 +333,5 @@ def report(*, inventory: bool = True) -> Report:
         warnings=warnings,
         memory=last_note(),
         deadline=deadline_in_force(),
+        ledger=_memory.describe_ledger(_memory.ledger.snapshot()),
     )

@@ -66,6 +66,8 @@ class Report:
         deadline: the time limit a call made by the caller of ``report()``
             would get: ``"none"``, the configured ``timeout`` (and from where),
             or the enclosing ``deadline()`` block's.
+        ledger: the memory ledger now: generations in flight and what they
+            reserve, calls waiting for memory, and counts since start.
 
     """
 
@@ -82,6 +84,7 @@ class Report:
     warnings: tuple[str, ...] = ()
     memory: str | None = None
     deadline: str = "none"
+    ledger: str | None = None
 
     @property
     def active(self) -> bool:

@@ -176,10 +176,13 @@ def outcome_of(end: StreamEnd | None) -> Outcome | None:
         finish = "length"
     else:
         finish = "stop"
+    # Cut by a smaller limit than asked, and shorter than asked: 0.1.7-0.1.9
+    # drop max_tokens, so an answer there can reach the length asked for.
     shortened = (
         finish == "length"
         and asked is not None
         and isinstance(max_tokens, int)
         and max_tokens < asked
+        and tokens < asked
     )
     return Outcome(finish, tokens, shortened, asked)

@@ -148,9 +148,15 @@ def test_a_stream_ended_early_gives_its_reservation_back(
 def test_doctor_and_report_show_the_ledger(tiny: Tiny, mlx_vlm: Any) -> None:
     mlx_vlm_safe.configure(memory_limit="64MiB")
     tiny.call(mlx_vlm.generate, max_tokens=4)
-    memory = mlx_vlm_safe.report(inventory=False).memory
-    assert memory is not None
-    assert "admitted" in memory
+    report = mlx_vlm_safe.report(inventory=False)
+    assert report.ledger is not None
+    assert "admitted" in report.ledger
+    assert "ledger: " in str(report)
+    from mlx_vlm_safe._patch import memory_snapshot
+
+    shown = memory_snapshot()
+    assert "ledger" in shown["summary"]  # type: ignore[operator]
+    assert shown["ledger"]["in_flight"] == 0  # type: ignore[index]
 
 
 # --------------------------------------------- a real address-space cap (Linux)
@@ -289,18 +295,27 @@ def test_on_cuda_the_budget_comes_from_the_device(
     assert budget.source == "mlx_limit"
 
 
-def test_an_allocation_failure_in_mlx_becomes_a_memory_error(
+def test_an_allocation_failure_in_mlx_reaches_the_caller_as_itself(
     tiny: Tiny, mlx_vlm: Any
 ) -> None:
+    """CUDA's out-of-memory RuntimeError: the caller's own error, retried, counted."""
     from mlx_vlm_safe.testing import plant_fault
 
-    mlx_vlm_safe.configure(memory_limit="1GiB")
+    records: list[mlx_vlm_safe.CallRecord] = []
+    from mlx_vlm_safe._call_record import subscribe
+
+    stop = subscribe(records.append)
+    mlx_vlm_safe.configure(memory_limit="1GiB", ladder=({"max_tokens": 8},))
     oom = RuntimeError("[cudaMallocAsync] out of memory: requested 12 GB")
-    with (
-        plant_fault(oom, after_tokens=3),
-        mlx_vlm_safe.retries_disabled(),
-        pytest.raises(MemoryError, match="could not allocate") as caught,
-    ):
-        tiny.call(mlx_vlm.generate, max_tokens=TOKENS)
-    assert caught.value.__cause__ is oom
+    try:
+        with (
+            plant_fault(oom, after_tokens=3, times=None),
+            pytest.raises(RuntimeError) as caught,
+        ):
+            tiny.call(mlx_vlm.generate, max_tokens=TOKENS)
+    finally:
+        stop()
+    assert caught.value is oom  # its own type, message and traceback
+    assert [a.error_type for a in mlx_vlm_safe.last_attempts()] == ["RuntimeError"] * 3
+    assert records[-1].memory_refusals == 3
     assert _reserved() == 0

@@ -44,14 +44,7 @@ def last_note() -> str | None:
     """One line on the memory guard for ``report()`` (None before any call)."""
     if not _notes:
         return None
-    books = ledger.snapshot()
-    notes = [f"{k}: {v}" for k, v in _notes.items()]
-    notes.append(
-        f"ledger: {books['in_flight']} in flight, {books['waiting']} waiting, "
-        f"{books['admitted']} admitted, {books['waited']} waited, "
-        f"{books['refused']} refused"
-    )
-    return "; ".join(notes)
+    return "; ".join(f"{k}: {v}" for k, v in _notes.items())
 
 
 def _mlx_memory() -> int:
@@ -296,7 +289,7 @@ def _watch(
     last = start
     jump = 0
     try:
-        for item in _allocation_failures_as_memory_errors(stream):
+        for item in stream:
             items += 1
             if items >= next_check:
                 next_check += CHECK_EVERY
@@ -321,6 +314,10 @@ def _watch(
                         raise
                     raise MemoryRefused(*exc.args) from None
             yield item
+    except RuntimeError as exc:
+        if call is not None and allocation_failed(exc):
+            call.memory_refusals += 1
+        raise
     finally:
         if reservation is not None:
             ledger.release(reservation)
@@ -341,23 +338,17 @@ ALLOCATION_FAILED = (
 )
 
 
-def _allocation_failures_as_memory_errors(stream: Iterator[Any]) -> Iterator[Any]:
-    """``stream``, with mlx's out-of-memory ``RuntimeError`` as ``MemoryError``.
+def allocation_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is mlx saying an allocation failed (CUDA, Metal).
 
     On CUDA and Metal mlx reports a failed allocation as a ``RuntimeError``
-    (``cudaMallocAsync ... out of memory``); the process lives on, and the
-    caller should see what the guard's own refusals look like: a
-    ``MemoryError`` (the original chained as its cause).
+    (``cudaMallocAsync ... out of memory``) and the process lives on. It
+    reaches the caller as itself (their own type, message and traceback), is
+    retried like the guard's own ``MemoryError`` (the retry rules), and counts
+    as a memory refusal in the call's record.
     """
-    try:
-        yield from stream
-    except RuntimeError as exc:
-        text = str(exc).lower()
-        if any(marker in text for marker in ALLOCATION_FAILED):
-            raise MemoryError(
-                f"mlx could not allocate: {exc} (mlx_vlm_safe memory guard)"
-            ) from exc
-        raise
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in ALLOCATION_FAILED)
 
 
 def _need(
