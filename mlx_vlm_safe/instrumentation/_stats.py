@@ -9,6 +9,7 @@ percentiles (computed when someone asks, not per call).
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
 import math
@@ -82,6 +83,31 @@ class Stats:
         return None if not self.calls else self.outcomes.get("error", 0) / self.calls
 
 
+class _Window:
+    """The last :data:`WINDOW` values, in a ring allocated once.
+
+    An ``array`` of doubles, not a deque of floats: recording a value
+    allocates nothing, so a long-running service's memory stays flat (the
+    soak test measures what this package allocates per call).
+    """
+
+    __slots__ = ("filled", "next", "values")
+
+    def __init__(self) -> None:
+        self.values = array.array("d", bytes(8 * WINDOW))
+        self.filled = 0
+        self.next = 0
+
+    def append(self, value: float) -> None:
+        self.values[self.next] = value
+        self.next = (self.next + 1) % WINDOW
+        if self.filled < WINDOW:
+            self.filled += 1
+
+    def snapshot(self) -> list[float]:
+        return self.values[: self.filled].tolist()
+
+
 class _Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -94,9 +120,9 @@ class _Counters:
         self.shortened = self.retries = self.memory_refusals = 0
         self.input_tokens = self.output_tokens = 0
         self.memory_wait = 0.0
-        self.durations: collections.deque[float] = collections.deque(maxlen=WINDOW)
-        self.firsts: collections.deque[float] = collections.deque(maxlen=WINDOW)
-        self.speeds: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self.durations = _Window()
+        self.firsts = _Window()
+        self.speeds = _Window()
         self.since = time.time()
 
 
@@ -149,7 +175,7 @@ def stats() -> Stats:
     with c.lock:
         outcomes = dict(c.outcomes)
         errors = dict(c.errors)
-        snapshot = (list(c.durations), list(c.firsts), list(c.speeds))
+        snapshot = (c.durations.snapshot(), c.firsts.snapshot(), c.speeds.snapshot())
         counts = (c.calls, c.shortened, c.retries, c.memory_refusals)
         totals = (c.memory_wait, c.input_tokens, c.output_tokens, c.since)
     for outcome in ("ok", "error", "cancelled"):

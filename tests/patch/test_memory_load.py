@@ -209,12 +209,24 @@ def _calls(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux limits")
 def test_capped_unpatched_concurrent_calls_kill_the_process(
-    wide_path: pathlib.Path,
+    wide_path: pathlib.Path, bound: bool
 ) -> None:
+    """The danger is real: unpatched, the four together end the process.
+
+    Where this mlx binds the release's stream to the importing thread
+    (``bound``: 0.1.22-0.4.4 on mlx 0.32+), an unpatched worker thread cannot
+    generate at all: every call fails instead, and nothing grows.
+    """
     code, lines, err = _load(wide_path, patched=False)
     assert lines, err
     assert "capped" in lines[0], err
-    assert code in DEATHS, (code, lines, err)
+    if bound:
+        calls = _calls(lines)
+        assert code == 0, (code, lines, err)
+        assert calls, lines
+        assert all("error" in c for c in calls if c["round"] != "alone"), calls
+    else:
+        assert code in DEATHS, (code, lines, err)
 
 
 @pytest.mark.subprocess
@@ -247,8 +259,8 @@ def test_capped_with_waiting_off_no_call_dies(
     calls = _calls(lines)
     assert len(calls) == WORKERS + 1, lines
     for call in calls:
-        if "error" in call:
-            assert call["error"].startswith("MemoryError"), call
+        if "error" in call:  # MemoryError, or its MemoryRefused
+            assert call["error"].startswith("Memory"), call
         elif call["shortened"]:
             assert call["tokens"] < release.tokens_for(LOAD_TOKENS), call
         else:

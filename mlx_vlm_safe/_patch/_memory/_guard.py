@@ -380,11 +380,24 @@ def _need(
     return ahead * per_position
 
 
-def _held(found: _estimate.Estimate, arch: _estimate.Architecture, items: int) -> int:
-    """What a generation's KV cache holds after ``items`` tokens (bytes)."""
+def _held(
+    found: _estimate.Estimate,
+    arch: _estimate.Architecture,
+    items: int,
+    reserved: int,
+    mlx_figures: bool,
+) -> int:
+    """What a generation holds after ``items`` tokens (bytes), as reserved.
+
+    Counted the way its reservation was (``_reserve``): the KV cache's
+    capacity now, and against the system's figures its previous capacity
+    too, still mapped in mlx's cache. Never more than the reservation.
+    """
     step = _estimate.STEP
     positions = -(-(found.prompt_tokens + items) // step) * step
-    return min(positions * arch.kv_bytes_per_position, found.total)
+    if not mlx_figures:
+        positions += max(positions - step, 0)
+    return min(positions * arch.kv_bytes_per_position, reserved)
 
 
 def _room(fresh: _budget.Budget, grown: int, reservation: Reservation | None) -> int:
@@ -413,7 +426,9 @@ def _check(
     if fresh is None or fresh.room is None:
         return
     if reservation is not None and found is not None:
-        reservation.held = _held(found, arch, items)
+        reservation.held = _held(
+            found, arch, items, reservation.total, fresh.source in MLX_FIGURES
+        )
     need = _need(found, arch, items, jump, fresh.source in MLX_FIGURES)
     room = _room(fresh, grown, reservation)
     if need > room and _freed_cache():
