@@ -115,6 +115,10 @@ class Env:
     #: On the Python axis: skipped (not run on another Python) where this
     #: environment's Python is not installed.
     python_axis: bool = False
+    #: The test paths this environment runs; empty: the whole suite. An axis
+    #: environment repeats a release the matrix already runs whole, on another
+    #: mlx or Python: it runs what that axis can change (CI time is finite).
+    paths: tuple[str, ...] = ()
 
     def constraints(self) -> tuple[str, ...]:
         """STACK, with this environment's mlx (and the mlx-lm made for it) and
@@ -128,9 +132,34 @@ class Env:
 
 
 def _upstream(
-    version: str, python: str = PYTHON, mlx: str | None = None, axis: bool = False
+    version: str,
+    python: str = PYTHON,
+    mlx: str | None = None,
+    axis: bool = False,
+    paths: tuple[str, ...] = (),
 ) -> Env:
-    return Env(((f"mlx-vlm=={version}",),), python=python, mlx=mlx, python_axis=axis)
+    return Env(
+        ((f"mlx-vlm=={version}",),),
+        python=python,
+        mlx=mlx,
+        python_axis=axis,
+        paths=paths,
+    )
+
+
+#: What an older mlx can change: threads, streams, the exit, mlx's memory
+#: figures, deadlines and cancellation (the patch's tests), and a web service.
+MLX_AXIS_PATHS = ("tests/patch", "tests/e2e/test_service.py")
+#: What another Python can change: the package's own code paths (the patch,
+#: the retry engine, the CLI, telemetry, configure); the fault-injection kit's
+#: property tests and the documentation checks run on every 3.11 environment.
+PYTHON_AXIS_PATHS = (
+    "tests/patch",
+    "tests/retry",
+    "tests/cli",
+    "tests/instrumentation",
+    "tests/test_configure.py",
+)
 
 
 #: The mlx-lm to install beside an older mlx: mlx-lm only pins mlx on macOS,
@@ -173,7 +202,7 @@ ENVIRONMENTS: dict[str, Env] = {
     # 0.1.7 on 0.29.3: a release on mlx's default stream, which that mlx
     # shares between threads (serialized_steps applies there, not on 0.32+).
     **{
-        f"{release}-mlx{mlx}": _upstream(release, mlx=mlx)
+        f"{release}-mlx{mlx}": _upstream(release, mlx=mlx, paths=MLX_AXIS_PATHS)
         for release, mlxs in TABLE.MLX_AXIS.items()
         for mlx in mlxs
     },
@@ -186,7 +215,9 @@ ENVIRONMENTS: dict[str, Env] = {
     # deprecations. Both install STACK's mlx 0.32.4 (cp310 and cp313 wheels).
     # Skipped, not substituted, where that Python is not installed.
     **{
-        f"{release}-py{python}": _upstream(release, python=python, axis=True)
+        f"{release}-py{python}": _upstream(
+            release, python=python, axis=True, paths=PYTHON_AXIS_PATHS
+        )
         for release, pythons in TABLE.PYTHON_AXIS.items()
         for python in pythons
     },
@@ -406,7 +437,7 @@ def tests(session: nox.Session, env_id: str) -> None:
         "no:cacheprovider",
         *lean,
         *_deselected(env_id),
-        *session.posargs,
+        *(session.posargs or env.paths),
         env={"MLX_VLM_SAFE_MATRIX_ENV": env.matrix_env or ""},
     )
 
