@@ -258,3 +258,15 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def run_mypy(code: str, tmp_path: pathlib.Path) -> str:
+    """Type-check ``code`` with ``mypy --strict``; its report (stdout)."""
+    snippet = tmp_path / "typing_snippet.py"
+    snippet.write_text(code)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+         "--cache-dir", str(tmp_path / "cache"), str(snippet)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return result.stdout

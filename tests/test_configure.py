@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import inspect
 import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +17,7 @@ from hypothesis import strategies as st
 import mlx_vlm_safe
 from mlx_vlm_safe._patch import memory_snapshot
 from mlx_vlm_safe._patch._memory import settings as memory_settings
+from tests.conftest import run_mypy
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +85,7 @@ def test_unchanged_settings_stay_as_they_are() -> None:
 
 _TYPING_SNIPPET = """
 import mlx_vlm_safe
+from tests.conftest import run_mypy
 
 mlx_vlm_safe.configure(attempts=2, memory_limit="1GiB", deadline=None)
 mlx_vlm_safe.configure(atempts=2)
@@ -96,14 +96,7 @@ mlx_vlm_safe.configure(attempts="2")
 def test_a_type_checker_rejects_a_misspelt_or_mistyped_setting(
     tmp_path: pathlib.Path,
 ) -> None:
-    snippet = tmp_path / "typing_configure.py"
-    snippet.write_text(_TYPING_SNIPPET)
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-         "--cache-dir", str(tmp_path / "cache"), str(snippet)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    out = result.stdout
+    out = run_mypy(_TYPING_SNIPPET, tmp_path)
     assert 'Unexpected keyword argument "atempts" for "configure"' in out, out
     assert 'Argument "attempts" to "configure" has incompatible type "str"' in out, out
     assert out.count("error:") == 2, out

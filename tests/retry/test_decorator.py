@@ -6,8 +6,6 @@ import dataclasses
 import inspect
 import logging
 import pathlib
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 from unittest import mock
@@ -17,6 +15,7 @@ from hypothesis import given
 
 from mlx_vlm_safe import RetryPolicy, retry
 from mlx_vlm_safe._retry import Runtime, _decorator, configure
+from tests.conftest import run_mypy
 
 from ._fakes import Flaky, fast
 from ._schedules import SETTINGS, cases, check
@@ -191,14 +190,7 @@ generate("a", max_tokens="many")
 
 def test_type_checkers_see_the_wrapped_signature(tmp_path: pathlib.Path) -> None:
     pytest.importorskip("mypy")
-    snippet = tmp_path / "typing_retry.py"
-    snippet.write_text(_TYPING_SNIPPET)
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-         "--cache-dir", str(tmp_path / "cache"), str(snippet)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    out = result.stdout
+    out = run_mypy(_TYPING_SNIPPET, tmp_path)
     assert 'Revealed type is "def (prompt: str, max_tokens: int =) -> str"' in out
     assert 'Revealed type is "def (prompt: str) -> typing.Iterator[str]"' in out
     assert 'Revealed type is "def (x: int) -> float"' in out
