@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal, TypeAlias
+from contextvars import ContextVar
+from typing import Any, Final, Literal, TypeAlias
 
-from .._retry import current_end
 from . import _mlx
 
 FinishReason = Literal["stop", "length", "empty"]
@@ -58,8 +58,21 @@ INCOMPLETE: Any = object()
 #: several times more to build; readers use the field positions below, and
 #: ``last_outcome()`` builds an :class:`Outcome` from it when asked.
 StreamEnd: TypeAlias = tuple[int, bool, object, object, object]
-#: Positions of :data:`StreamEnd`'s fields.
-TOKENS, EMPTY, REASON, MAX_TOKENS, REQUESTED = range(5)
+#: Positions of :data:`StreamEnd`'s fields (literals, so a type checker
+#: knows each field's type).
+TOKENS: Final = 0
+EMPTY: Final = 1
+REASON: Final = 2
+MAX_TOKENS: Final = 3
+REQUESTED: Final = 4
+
+#: How the last patched generation in this context (thread, asyncio task)
+#: ended: what ``last_outcome()`` reads. A context's own variable, set once
+#: per call when its stream or its ``generate()`` ends, so ``retries_disabled()``
+#: blocks and calls that run no stream leave it as it was.
+LAST_END: ContextVar[StreamEnd | None] = ContextVar("mlx_vlm_safe_end", default=None)
+record_end = LAST_END.set
+last_end = LAST_END.get
 
 
 def last_outcome() -> Outcome | None:
@@ -69,7 +82,7 @@ def last_outcome() -> Outcome | None:
     reason), so the reason is kept next to the call instead. ``None`` before
     any call, and after a generation that raised or was closed early.
     """
-    return outcome_of(current_end())
+    return outcome_of(LAST_END.get())
 
 
 def _zero(field: dataclasses.Field[object]) -> object:

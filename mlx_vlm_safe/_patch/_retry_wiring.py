@@ -16,36 +16,45 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._retry import STATE, CallSpec, Runtime, call_runner, stream_with_retry
+from .._retry import CallSpec, Runtime, call_runner, stream_with_retry
 from ._behaviour import Behaviour
 from ._calls import CURRENT, clock, stop_if_due
 from ._locate import LADDER_KEYWORDS, Located
-from ._results import EMPTY, TOKENS
+from ._results import EMPTY, TOKENS, StreamEnd, last_end
 from ._retry_rules import LADDER, RULES
 
-_call_state = STATE.get
+_current = CURRENT.get
 CallRunner = Callable[[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]], Any]
 StreamRunner = Callable[
     [Callable[..., Iterator[Any]], tuple[Any, ...], Mapping[str, Any]], Iterator[Any]
 ]
 
 
-# Both run on every call: one frame each, the state read inline. A stream
-# ended during this call when ``end is not inherited`` (see ``CallState``).
+def _call_end() -> StreamEnd | None:
+    """How the running call's stream ended (``None``: none ended yet).
+
+    Inside the call's frames that is the call's own record (``CURRENT``).
+    A caller's stream is past them when it ends (the last item is pulled
+    by the consumer, on any thread): there the stream has just written it
+    in the consumer's context (``_wrappers._ended``).
+    """
+    call = _current()
+    return last_end() if call is None else call.end
+
+
+# Both run on every call, so each is one short frame.
 def _empty_generation(result: object) -> bool:
     """An attempt that produced nothing and raised nothing."""
     if result is None:
         return True
-    state = _call_state()
-    end = state.end
-    return end is not None and end is not state.inherited and end[EMPTY]
+    end = _call_end()
+    return end is not None and end[EMPTY]
 
 
 def _tokens() -> int:
     """Tokens the stream of this call produced (0 if none ended in it)."""
-    state = _call_state()
-    end = state.end
-    return 0 if end is None or end is state.inherited else end[TOKENS]
+    end = _call_end()
+    return 0 if end is None else end[TOKENS]
 
 
 #: The longest a retry wait sleeps before it looks at its call again (seconds):

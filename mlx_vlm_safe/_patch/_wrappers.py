@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._retry import IDLE, STATE, record_end
+from .._retry import STATE
 from ._behaviour import Behaviour
 from ._calls import CURRENT, Call, clock, finish, stop_if_due
 from ._locate import mark
@@ -27,6 +27,7 @@ from ._results import (
     REASON,
     ZERO_TOKENS_END,
     ran_out,
+    record_end,
     text_end,
     text_of,
 )
@@ -76,8 +77,8 @@ def _observed(
     With ``empty_item`` it is also the never-empty guard: a stream that ends
     without an item yields ``empty_item`` once. One generator for both keeps
     the common path to a single extra layer. Its bookkeeping is inline and is
-    one plain tuple (``_results.StreamEnd``) written on the running call's own
-    ``CallState`` and on ``call``: no ``ContextVar.set`` per token, no
+    one plain tuple (``_results.StreamEnd``) written on ``call`` and, once,
+    in the context's ``LAST_END``: no ``ContextVar.set`` per token, no
     dataclass, because this runs on every token (the README's "What the patch
     costs" has the figures). The first item is pulled with ``call`` current,
     because that is when the release's stream starts and the memory guard
@@ -134,7 +135,12 @@ def _observed(
 def _ended(
     call: Call, last: object, items: int, reason: object, max_tokens: object
 ) -> None:
-    """Record how a stream ended, on ``call`` and on the context's call state."""
+    """Record how a stream ended, on ``call`` and for ``last_outcome()``.
+
+    The context that ends the stream is the one that pulled its last item:
+    the caller's, where ``last_outcome()`` is asked (and where the retry
+    engine's progress reader looks once the stream has ended).
+    """
     tokens = getattr(last, "generation_tokens", items)
     if tokens.__class__ is not int:
         tokens = items
@@ -146,11 +152,7 @@ def _ended(
         call.input_tokens = prompt
     end = (tokens, empty, reason, max_tokens, call.requested)
     call.end = end
-    state = _call_state()
-    if state is not IDLE:  # the call's own object: no ContextVar.set
-        state.end = end
-    else:
-        record_end(end)
+    record_end(end)
 
 
 def _recorded(stream: Iterator[object], call: Call) -> Iterator[object]:

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 from ._classify import NO_RULES, DoNotRetry, Rule, Rules, Verdict, explain
 from ._context import (
-    IDLE,
     STATE,
     CallState,
-    current_end,
     last_attempts,
-    record_end,
     retries_disabled,
 )
 from ._engine import call_runner, call_with_retry
@@ -57,7 +54,6 @@ if TYPE_CHECKING:
     from ._decorator import retry_with as retry_with
 
 __all__ = [
-    "IDLE",
     "NO_RULES",
     "RETRY_SETTINGS",
     "STATE",
@@ -77,13 +73,11 @@ __all__ = [
     "call_runner",
     "call_with_retry",
     "configure",
-    "current_end",
     "explain",
     "get_policy",
     "is_testing",
     "last_attempts",
     "policy_from_env",
-    "record_end",
     "reset_config",
     "retries_disabled",
     "retry",

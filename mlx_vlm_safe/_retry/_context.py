@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
 
 from ._events import NO_CHANGES, AttemptRecord
 
@@ -27,29 +26,19 @@ class CallState:
     keeps the happy path to one ``ContextVar.set`` (the costliest step of it);
     that path stores only its clock readings, leaves ``records`` and ``tokens``
     unset, and the records are built on demand by ``last_attempts()``.
-
-    ``end`` is how the last stream in this context ended, a value the engine
-    carries but never reads (the patch's ``StreamEnd``): a stream writes it
-    on the call's own object instead of setting a variable of its own. A new
-    state starts from the previous one's, so a call that runs no stream does
-    not erase it; ``inherited`` keeps that starting value, so "a stream ended
-    during this call" is ``end is not inherited``.
     """
 
-    __slots__ = ("active", "end", "ended", "inherited", "records", "started", "tokens")
+    __slots__ = ("active", "ended", "records", "started", "tokens")
     active: bool
     started: float
     ended: float
     tokens: int | None
     records: tuple[AttemptRecord, ...] | None
-    end: tuple[Any, ...] | None
-    inherited: tuple[Any, ...] | None
 
 
-def _fixed_state(active: bool, end: tuple[Any, ...] | None = None) -> CallState:
+def _fixed_state(active: bool) -> CallState:
     state = CallState()
     state.active, state.records = active, ()
-    state.end = state.inherited = end
     return state
 
 
@@ -63,47 +52,21 @@ def retries_disabled() -> Iterator[None]:
     """Within this block, retry-managed calls run once, plainly, with no records.
 
     Based on a ``ContextVar``, so it affects only the current thread or
-    asyncio task. How the last generation in the block ended is still
-    reported afterwards (``last_outcome()``).
+    asyncio task.
     """
-    # "active": calls inside call through.
-    block = _fixed_state(active=True, end=STATE.get().end)
-    token = STATE.set(block)
+    token = STATE.set(_fixed_state(active=True))  # calls inside call through
     try:
         yield
     finally:
         STATE.reset(token)
-        if block.end is not block.inherited and block.end is not None:
-            record_end(block.end)
 
 
-def new_state(previous: CallState) -> CallState:
+def new_state() -> CallState:
     """Mark this context as running an attempt; one ``ContextVar.set``."""
     state = CallState()
     state.active = True
-    state.end = state.inherited = previous.end
     STATE.set(state)
     return state
-
-
-def record_end(end: tuple[Any, ...]) -> None:
-    """Record how a stream ended on this context's current call state.
-
-    The per-call state is this context's own object (one per call, per
-    ``retries_disabled()`` block), so it is written in place: no second
-    ``ContextVar.set`` on the hot path. Only the shared ``IDLE`` default is
-    replaced, by a fresh state.
-    """
-    state = STATE.get()
-    if state is not IDLE:
-        state.end = end
-        return
-    STATE.set(_fixed_state(active=False, end=end))
-
-
-def current_end() -> tuple[Any, ...] | None:
-    """How the last stream in this context ended, if one did."""
-    return STATE.get().end
 
 
 def interrupted(

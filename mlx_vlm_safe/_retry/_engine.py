@@ -87,7 +87,6 @@ def call_runner(
             return fn(*args, **kwargs)
         state = new()
         state.active = True
-        state.end = state.inherited = previous.end
         set_state(state)
         state.started = clock()
         try:

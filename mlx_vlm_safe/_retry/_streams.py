@@ -68,7 +68,7 @@ def stream_engine(
         yield from fn(*args, **kwargs)
         return
     clock = rt.clock
-    state = new_state(previous)
+    state = new_state()
     state.started = clock()
     attempt = _first_item(fn)
     try:

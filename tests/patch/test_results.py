@@ -12,9 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlx_vlm_safe import Outcome, last_outcome, retries_disabled
-from mlx_vlm_safe._patch._results import build_result, empty_result, outcome_of
+from mlx_vlm_safe._patch._results import (
+    build_result,
+    empty_result,
+    last_end,
+    outcome_of,
+)
 from mlx_vlm_safe._patch._wrappers import _observed
-from mlx_vlm_safe._retry import CallSpec, call_runner, current_end
+from mlx_vlm_safe._retry import CallSpec, call_runner
 
 
 @dataclasses.dataclass
@@ -63,9 +68,9 @@ def test_empty_of_each_shape() -> None:
 
 def ended(items: list[object], max_tokens: object) -> Outcome | None:
     """Run items through the stream observer, as the patch does; read the outcome."""
-    with retries_disabled():  # a fresh per-block state: nothing leaks out of it
+    with retries_disabled():  # the observer alone, as inside generate()
         assert list(_observed(iter(items), max_tokens)) == items
-        return outcome_of(current_end())
+        return outcome_of(last_end())
 
 
 @given(items=st.integers(1, 50), max_tokens=st.integers(1, 50))
@@ -109,8 +114,8 @@ def test_a_stream_that_raises_has_no_outcome() -> None:
     with retries_disabled():
         with pytest.raises(RuntimeError, match="boom"):
             list(_observed(failing(), 8))
-        assert outcome_of(current_end()) is None
-        assert current_end() is not None  # the tokens it made are still known
+        assert outcome_of(last_end()) is None
+        assert last_end() is not None  # the tokens it made are still known
 
 
 def test_the_guard_yields_one_empty_item() -> None:
@@ -188,7 +193,7 @@ def test_last_outcome_is_the_last_stream_whatever_the_nesting(
     nested any way: last_outcome() afterwards is the last stream's outcome,
     and another thread never sees it."""
     seen: list[object] = []
-    here = current_end()
+    here = last_end()
 
     def fresh_thread() -> None:  # a new thread starts with an empty context
         expected = _run(program)
@@ -199,4 +204,4 @@ def test_last_outcome_is_the_last_stream_whatever_the_nesting(
     thread.join()
     [(got, expected)] = seen
     assert got == expected
-    assert current_end() is here  # nothing leaked into this thread
+    assert last_end() is here  # nothing leaked into this thread
