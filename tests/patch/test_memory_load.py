@@ -240,15 +240,10 @@ def test_capped_patched_every_call_is_whole_and_the_room_comes_back(
     whole = release.tokens_for(LOAD_TOKENS)
     assert len(calls) == WORKERS + 1, lines
     answers = [(c.get("tokens"), c.get("shortened")) for c in calls]
-    # Never a death, never an unmarked short answer.
-    for tokens, shortened in answers:
-        assert tokens == whole or (shortened and tokens is not None), lines
-    if release.verdicts.get("detokenizer") == "per_call":
-        # 0.5.0+: served one after another, each whole, and a call alone
-        # afterwards whole too (the room came back). On 0.3.5 under CI load
-        # calls came back shortened (marked) by an in-flight refusal, the one
-        # alone afterwards too: open (docs/memory.md, "Known gap").
-        assert answers == [(whole, False)] * (WORKERS + 1), lines
+    # Served one after another, each whole, and a call alone afterwards whole
+    # too: the room came back. (On 0.3.5 this failed in 3 runs of 4 until the
+    # guard fixed glibc's mmap threshold under RLIMIT_AS: see ``_heap``.)
+    assert answers == [(whole, False)] * (WORKERS + 1), lines
     ledger_line = next(line["ledger"] for line in lines if "ledger" in line)
     assert ledger_line["reserved"] == 0
     assert ledger_line["waiting"] == 0

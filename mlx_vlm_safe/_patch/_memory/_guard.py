@@ -29,7 +29,8 @@ from .. import _mlx
 from .._calls import Call, GenerationCancelled, current_call
 from . import _budget, _estimate
 from ._device_room import CUDA_ALLOWANCE
-from ._ledger import MemoryRefused, Reservation, Room, ledger, trim_heap
+from ._heap import map_large_blocks, trim_heap
+from ._ledger import MemoryRefused, Reservation, Room, ledger
 
 __all__ = ["CHECK_EVERY", "guard_stream", "last_note"]
 
@@ -225,6 +226,8 @@ def preflight(
     if budget is None or budget.room is None:
         _notes["budget"] = _budget.describe(budget)
         return None
+    if "RLIMIT_AS" in budget.sources and map_large_blocks():
+        _notes["heap"] = "large blocks mapped on their own (RLIMIT_AS)"
     model = _argument("model", where, args, kwargs)
     arch = _estimate.architecture(model)
     found = _estimate.estimate(

@@ -29,8 +29,6 @@ collected: the ledger holds reservations weakly.
 from __future__ import annotations
 
 import collections
-import ctypes
-import ctypes.util
 import threading
 import time
 import weakref
@@ -47,7 +45,6 @@ __all__ = [
     "Reservation",
     "Room",
     "ledger",
-    "trim_heap",
 ]
 
 #: How often a waiting call looks again without being woken (seconds).
@@ -89,32 +86,6 @@ class Room(NamedTuple):
     read: Callable[[], _budget.Budget | None]
     free: Callable[[], bool]
     reclaimable: Callable[[], int]
-
-
-def trim_heap() -> bool:
-    """Return glibc's freed heap to the system (``malloc_trim(0)``), if glibc."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    try:
-        return bool(trim(0))
-    except Exception:  # not glibc after all, or a sandbox refusing it
-        return False
-
-
-_trim_fn: list[Callable[[int], int] | None] = []
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    if not _trim_fn:
-        fn: Callable[[int], int] | None = None
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            fn = getattr(libc, "malloc_trim", None)
-        except OSError:
-            fn = None
-        _trim_fn.append(fn)
-    return _trim_fn[0]
 
 
 class _Ask(NamedTuple):
