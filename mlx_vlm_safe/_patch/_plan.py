@@ -74,9 +74,13 @@ class Plan:
         names = {r.fix for r in self.replacements}.union(self.layered)
         return [spec.name for spec in FIXES if spec.name in names]
 
-    def host(self, fix: str) -> str:
-        """The fix whose replacements show where ``fix`` acts (itself, mostly)."""
-        return self.stream_host if fix in self.layered else fix
+    def hosts(self, fix: str) -> tuple[str, ...]:
+        """The fixes whose replacements show where ``fix`` acts.
+
+        Itself (where it replaces something), and the ``stream_generate``
+        wrapper's fix where its layer runs inside that wrapper.
+        """
+        return (fix, self.stream_host) if fix in self.layered else (fix,)
 
 
 def make_plan(
