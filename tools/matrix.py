@@ -388,8 +388,8 @@ def _ci(first: str, *tested: str, checkpoint: str = TINY) -> Expected:
     return Expected.of(row, *tested, checkpoint=checkpoint)
 
 
-#: Each runtime row, in order, with the releases of its range CI runs.
-EXPECTED: tuple[Expected, ...] = (
+#: The runtime rows CI runs releases of (or that need another checkpoint).
+_LISTED: tuple[Expected, ...] = (
     # generate() takes (image, prompt) the other way round: no checkpoint run
     _ci("0.1.0", checkpoint=""),
     _ci("0.1.7", "0.1.7"),
@@ -402,8 +402,15 @@ EXPECTED: tuple[Expected, ...] = (
     _ci("0.6.0", "0.6.0"),
     _ci("0.6.9", "0.6.17", "0.7.10"),
 )
-if [e.first for e in EXPECTED] != [r.first for r in RELEASES]:
-    raise RuntimeError("tools/matrix.py's EXPECTED must list every row of RELEASES")
+if not {e.first for e in _LISTED} <= {r.first for r in RELEASES}:
+    raise RuntimeError("tools/matrix.py lists a row that RELEASES does not have")
+#: Each runtime row, in order, with the releases of its range CI runs: a row
+#: not listed above (split off by a new probe verdict, say) is not tested in
+#: CI and needs no line here.
+EXPECTED: tuple[Expected, ...] = tuple(
+    next((e for e in _LISTED if e.first == row.first), None) or Expected.of(row)
+    for row in RELEASES
+)
 
 
 def expected_for(version: str) -> Expected | None:
