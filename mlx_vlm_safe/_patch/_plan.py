@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ._fixes import Context, FixSpec, Methods
+from ._fixes._caller_kwargs import PASS_CALLER_KWARGS
 from ._fixes._detokenizer import PRIVATE_DETOKENIZER
 from ._fixes._generation import NEVER_EMPTY_STREAM, NONE_SAFE_GENERATE, OBSERVED_STREAM
 from ._fixes._shared_stream import SERIALIZED_STEPS
@@ -35,6 +36,7 @@ FIXES: tuple[FixSpec, ...] = (
     REPLACE_INVALID_UTF8,
     PRIVATE_DETOKENIZER,
     SERIALIZED_STEPS,
+    PASS_CALLER_KWARGS,
 )
 REASONS = {spec.name: spec.reason for spec in FIXES}
 #: The fixes' own probes, each once, in the order of FIXES.
