@@ -59,18 +59,33 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "str",
             "detokenizer": "shared",
             "utf8_decode": "strict",
+            "stream_kwargs": "inconclusive",
         },
         "max_tokens=0 raises UnboundLocalError; generate() bypasses the stream; "
         f"{_UTF8_BROKEN}",
     ),
     Release(
-        "0.1.7", "0.1.21", "utils",
+        "0.1.7", "0.1.9", "utils",
         {
             "wired_limit": "absent",
             "empty_stream": "guarded",
             "result_shape": "str",
             "detokenizer": "shared",
             "utf8_decode": "strict",
+            "stream_kwargs": "dropped",
+        },
+        # the dropped keywords: the kwargs_dropped fact (tools/matrix.py)
+        f"verbose=True with empty text returns None; {_UTF8_BROKEN}",
+    ),
+    Release(
+        "0.1.10", "0.1.21", "utils",
+        {
+            "wired_limit": "absent",
+            "empty_stream": "guarded",
+            "result_shape": "str",
+            "detokenizer": "shared",
+            "utf8_decode": "strict",
+            "stream_kwargs": "passed",
         },
         f"verbose=True with empty text returns None; {_UTF8_BROKEN}",
     ),
@@ -82,6 +97,7 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "str",
             "detokenizer": "shared",
             "utf8_decode": "strict",
+            "stream_kwargs": "passed",
         },
         "every generation fails on entry off Metal (wired_limit calls "
         "device_info); verbose=True with empty text returns None; "
@@ -96,6 +112,7 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "tuple",
             "detokenizer": "shared",
             "utf8_decode": "strict",
+            "stream_kwargs": "passed",
         },
         "every generation fails on entry off Metal; returns a (text, stats) "
         "tuple, or None with verbose=True and empty text; "
@@ -111,6 +128,7 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "result",
             "detokenizer": "shared",
             "utf8_decode": "strict",
+            "stream_kwargs": "passed",
         },
         "every generation fails on entry off Metal; an empty stream raises "
         f"AttributeError 'NoneType' ... 'token'; {_UTF8_BROKEN}",
@@ -125,6 +143,7 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "result",
             "detokenizer": "shared",
             "utf8_decode": "strict",
+            "stream_kwargs": "passed",
         },
         "wired_limit swallows every exception off Metal (also Ctrl-C): "
         "AttributeError 'NoneType' ... 'token', cut answers, silent empty "
@@ -140,6 +159,7 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "result",
             "detokenizer": "shared",
             "utf8_decode": "strict",
+            "stream_kwargs": "passed",
         },
         f"generate() dereferences the last stream item unguarded; {_UTF8_BROKEN}",
         server="V2",
@@ -153,6 +173,7 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "result",
             "detokenizer": "per_call",
             "utf8_decode": "strict",
+            "stream_kwargs": "passed",
         },
         f"generate() dereferences the last stream item unguarded; {_UTF8_BROKEN}",
         server="V2",
@@ -166,6 +187,7 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "result",
             "detokenizer": "per_call",
             "utf8_decode": "strict",
+            "stream_kwargs": "passed",
         },
         _UTF8_BROKEN,
         server="V3+RG",
@@ -179,6 +201,7 @@ RELEASES: tuple[Release, ...] = (
             "result_shape": "result",
             "detokenizer": "per_call",
             "utf8_decode": "replaces",
+            "stream_kwargs": "passed",
         },
         "nothing known on the generate() path",
         server="V3+RG",

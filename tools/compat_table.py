@@ -50,7 +50,7 @@ def _tested_cell(row: Expected) -> str:
     for version in row.tested:
         at = row.at(version)
         shim = " through a test-only load() shim" if at.has("load_shim") else ""
-        if at.has("kwargs_dropped"):
+        if at.shipped("kwargs_dropped"):
             shim += " (without the 1,000-call soak: 256 tokens a call there)"
         parts.append(f"{version}{shim}")
     cell = ", ".join(parts) + f": real {row.checkpoint} checkpoint"

@@ -296,7 +296,11 @@ def _fixes() -> tuple[Fix, ...]:
     targets = _REGISTRY.targets()
     plan = _STATE.plan
     return tuple(
-        Fix(name, REASONS[name], tuple(sorted(targets.get(plan.host(name), ()))))
+        Fix(
+            name,
+            REASONS[name],
+            tuple(sorted(t for fix in plan.hosts(name) for t in targets.get(fix, ()))),
+        )
         for name in plan.fix_names()
     )
 

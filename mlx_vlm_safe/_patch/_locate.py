@@ -51,6 +51,8 @@ class Located:
     generation_stream: object = None
     #: The streaming detokenizer of byte-level BPE tokenizers, if loaded.
     bpe_detokenizer: type | None = None
+    #: The ``generate_step`` that ``stream_generate`` looks up at call time.
+    generate_step: Callable[..., Any] | None = None
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,6 +114,7 @@ def locate(package: ModuleType) -> Located:
         defaults=defaults,
         generation_stream=find_stream(scope),
         bpe_detokenizer=_bpe_detokenizer(),
+        generate_step=step,
     )
 
 

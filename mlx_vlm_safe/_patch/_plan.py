@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ._fixes import Context, FixSpec, Methods
+from ._fixes._caller_kwargs import PASS_CALLER_KWARGS
 from ._fixes._detokenizer import PRIVATE_DETOKENIZER
 from ._fixes._generation import NEVER_EMPTY_STREAM, NONE_SAFE_GENERATE, OBSERVED_STREAM
 from ._fixes._shared_stream import SERIALIZED_STEPS
@@ -35,6 +36,7 @@ FIXES: tuple[FixSpec, ...] = (
     REPLACE_INVALID_UTF8,
     PRIVATE_DETOKENIZER,
     SERIALIZED_STEPS,
+    PASS_CALLER_KWARGS,
 )
 REASONS = {spec.name: spec.reason for spec in FIXES}
 #: The fixes' own probes, each once, in the order of FIXES.
@@ -74,9 +76,13 @@ class Plan:
         names = {r.fix for r in self.replacements}.union(self.layered)
         return [spec.name for spec in FIXES if spec.name in names]
 
-    def host(self, fix: str) -> str:
-        """The fix whose replacements show where ``fix`` acts (itself, mostly)."""
-        return self.stream_host if fix in self.layered else fix
+    def hosts(self, fix: str) -> tuple[str, ...]:
+        """The fixes whose replacements show where ``fix`` acts.
+
+        Itself (where it replaces something), and the ``stream_generate``
+        wrapper's fix where its layer runs inside that wrapper.
+        """
+        return (fix, self.stream_host) if fix in self.layered else (fix,)
 
 
 def make_plan(

@@ -9,7 +9,8 @@ very objects it replaced; patching again wraps those same originals, never
 a wrapper; and, switched off (``_patch.switched_off``), the fix's own
 symptom comes back on the real release and tiny checkpoint, while it passes
 with the fix on. The symptom checks are the fixes' own tests
-(``test_fixes.py``, ``test_utf8.py``, ``test_threads.py``), named in
+(``test_fixes.py``, ``test_utf8.py``, ``test_threads.py``,
+``test_caller_kwargs.py``), named in
 :data:`SYMPTOMS`; a fix without one fails here. The fixes the release does
 not call for are checked to be left out.
 """
@@ -29,6 +30,7 @@ from mlx_vlm_safe._patch import FIXES, switched_off
 from tools.matrix import Expected, expected_release, streams_bound
 
 from ..conftest import MATRIX_ENV, Tiny
+from .test_caller_kwargs import check_max_tokens_is_honoured
 from .test_fixes import (
     check_empty_stream_gives_an_empty_result,
     check_errors_reach_the_caller,
@@ -79,6 +81,7 @@ SYMPTOMS: dict[str, Callable[[Subject], None]] = {
         s.tiny, s.exports
     ),
     "serialized_steps": lambda s: check_steps_never_overlap(s.tiny, s.exports),
+    "pass_caller_kwargs": lambda s: check_max_tokens_is_honoured(s.tiny, s.mlx_vlm),
 }
 
 

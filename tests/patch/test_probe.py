@@ -115,6 +115,26 @@ def test_release_table_is_ordered_and_gapless() -> None:
     assert release_for("not a version") is None
 
 
+def test_a_fact_a_fix_repairs_is_gone_once_patched() -> None:
+    """``Fact.fixed_by``: where the table calls for that fix, patched calls lose
+    the fact (``has``), the release alone keeps it (``shipped``)."""
+    import dataclasses
+
+    for fact in FACTS:
+        assert not fact.fixed_by or fact.defect, fact  # a fix repairs a defect
+    row = next(r for r in EXPECTED if r.tested)
+    version = row.tested[0]
+    applied = row.fixes_on(True)
+    assert applied, row
+    fact = dataclasses.replace(FACTS[0], first=version, last=version, name="x")
+    for fixed_by, gone in (("", False), (applied[0], True), ("no such fix", False)):
+        at = dataclasses.replace(
+            row, facts=(dataclasses.replace(fact, fixed_by=fixed_by),)
+        )
+        assert at.shipped("x"), fixed_by
+        assert at.has("x") is not gone, fixed_by
+
+
 def test_facts_installs_and_ci_releases_are_consistent() -> None:
     """Facts lie inside the table; CI releases and forks map to their rows."""
     from packaging.version import Version
@@ -133,9 +153,11 @@ def test_facts_installs_and_ci_releases_are_consistent() -> None:
         assert release_for(install.behaves_like) is not None, install
         assert expected_release(install.version, install.name) == (install.release())
     # the facts of one version, attached by at()
-    assert expected_release("0.1.7").has("kwargs_dropped")  # type: ignore[union-attr]
-    assert not expected_release("0.1.10").has("kwargs_dropped")  # type: ignore[union-attr]
-    assert expected_release("0.1.7").tokens_for(8) == 256  # type: ignore[union-attr]
+    # (as the release ships: a fix may repair a fact for patched calls, see
+    # test_a_fact_a_fix_repairs_is_gone_once_patched)
+    assert expected_release("0.1.7").shipped("kwargs_dropped")  # type: ignore[union-attr]
+    assert not expected_release("0.1.10").shipped("kwargs_dropped")  # type: ignore[union-attr]
+    assert expected_release("0.1.7").tokens_for(8, patched=False) == 256  # type: ignore[union-attr]
     assert expected_release("0.3.5").tokens_for(8) == 8  # type: ignore[union-attr]
     # a release newer than the table is expected to behave like the newest row
     assert expected_release("99.0.0") == EXPECTED[-1].at("99.0.0")

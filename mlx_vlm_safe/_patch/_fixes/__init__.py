@@ -80,16 +80,17 @@ class FixSpec:
     ``empty_stream`` and ``result_shape`` run for every release). ``when``
     maps probe names to the verdicts that call for the fix (all must hold;
     empty means always). ``replaces`` names the ``Located`` field whose
-    object is replaced; a fix with a ``layer`` has no replacement of its
-    own: the ``stream_generate`` wrapper composes its layer, around each
-    step of mlx's work inside the memory guard when ``inner``, around the
-    whole call outside it otherwise (``report()`` lists it with that
-    wrapper's targets). ``root_cause`` fixes are the ones ``doctor`` counts
-    as "this release is affected here". ``fixed_upstream_in`` is the
-    mlx-vlm release that fixed the defect upstream, if one did. ``doctor``
-    is the sentence ``doctor`` prints when the probes find the defect
-    (``{where}``: "mlx-vlm <version> on <device>"; ``{fixed}``:
-    ``fixed_upstream_in``).
+    object is replaced. A fix's ``layer`` is composed by the
+    ``stream_generate`` wrapper, around each step of mlx's work inside the
+    memory guard when ``inner``, around the whole call outside it otherwise
+    (``report()`` lists it with that wrapper's targets); it may come with a
+    replacement of its own too (of something the release's stream calls,
+    which the layer prepares per call), listed beside them. ``root_cause``
+    fixes are the ones ``doctor`` counts as "this release is affected
+    here". ``fixed_upstream_in`` is the mlx-vlm release that fixed the
+    defect upstream, if one did. ``doctor`` is the sentence ``doctor``
+    prints when the probes find the defect (``{where}``: "mlx-vlm
+    <version> on <device>"; ``{fixed}``: ``fixed_upstream_in``).
     """
 
     name: str
