@@ -9,8 +9,10 @@ on the generation path itself:
 * ``_logging``: one WARNING per failed or shortened call, always on.
 * ``_prometheus``: only when ``MLX_VLM_SAFE_METRICS_PORT`` is set (needs
   ``prometheus-client``).
-* ``_otel``: only when ``opentelemetry-api`` is installed (or through the
-  ``opentelemetry-instrument`` entry point, ``_otel_instrumentor``).
+* ``_otel``: only when asked for: ``MLX_VLM_SAFE_OTEL=1``,
+  :func:`enable_otel`, or the ``opentelemetry-instrument`` entry point
+  (``_otel_instrumentor``); never merely because ``opentelemetry-api`` is
+  installed (importing it, and a no-op span per call, cost ~17 µs a call).
 
 The patch calls :func:`start` when it applies; this face imports nothing
 optional, so ``import mlx_vlm_safe`` stays cheap. See ``docs/monitoring.md``.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -46,6 +49,8 @@ PORT_VARIABLE = "MLX_VLM_SAFE_METRICS_PORT"
 #: ... on this address (default 127.0.0.1: metrics are not for the internet).
 ADDR_VARIABLE = "MLX_VLM_SAFE_METRICS_ADDR"
 DEFAULT_ADDR = "127.0.0.1"
+#: Emit OpenTelemetry metrics and spans through the global providers.
+OTEL_VARIABLE = "MLX_VLM_SAFE_OTEL"
 
 
 def parse_port(raw: str) -> int | None:
@@ -68,6 +73,9 @@ def parse_addr(raw: str) -> str:
 
 _env.register(PORT_VARIABLE, parse_port)
 _env.register(ADDR_VARIABLE, parse_addr)
+_env.register(
+    OTEL_VARIABLE, lambda raw: _env.parse_flag(OTEL_VARIABLE, {OTEL_VARIABLE: raw})
+)
 
 _lock = threading.Lock()
 _started = False
@@ -90,15 +98,31 @@ def start(*, in_flight: Callable[[], int], waiting: Callable[[], int]) -> None:
     subscribe(_stats.observe)
     subscribe(_logging.observe)
     _start_prometheus()
-    if _otel_off is None and _has_otel_api():  # not already enabled explicitly
+    if _otel_off is None and _otel_asked():  # not already enabled explicitly
         enable_otel()
 
 
-def _has_otel_api() -> bool:
+def _otel_asked() -> bool:
+    """``MLX_VLM_SAFE_OTEL`` is true and ``opentelemetry-api`` is installed.
+
+    Asked for but not installed: one line on stderr, and the app runs on.
+    """
+    try:
+        if not _env.parse_flag(OTEL_VARIABLE):
+            return False
+    except ValueError:
+        return False  # the patch has printed the bad value
     try:  # looks in the (namespace) package's folders; imports nothing else
-        return importlib.util.find_spec("opentelemetry.metrics") is not None
+        found = importlib.util.find_spec("opentelemetry.metrics") is not None
     except (ImportError, ValueError):  # no "opentelemetry" at all
-        return False
+        found = False
+    if not found:
+        print(
+            f"mlx_vlm_safe: warning: {OTEL_VARIABLE} is set but opentelemetry-api "
+            'is not installed (pip install "mlx-vlm-safe[otel]"); no telemetry',
+            file=sys.stderr,
+        )
+    return found
 
 
 def _start_prometheus() -> None:
@@ -121,9 +145,10 @@ def _start_prometheus() -> None:
 def enable_otel(*, tracer_provider: Any = None, meter_provider: Any = None) -> None:
     """Emit OpenTelemetry metrics and spans for every patched call.
 
-    Called for you when the patch applies and ``opentelemetry-api`` is
-    installed (with the global providers, read at each call); call it
-    yourself to use other providers. Replaces the previous OTel observer.
+    Called for you when the patch applies with ``MLX_VLM_SAFE_OTEL=1``, or
+    under ``opentelemetry-instrument`` (with the global providers, read at
+    each call); call it yourself to turn it on in code or to use other
+    providers. Replaces the previous OTel observer.
 
     Raises:
         ImportError: ``opentelemetry-api`` is not installed.

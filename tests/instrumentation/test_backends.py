@@ -57,20 +57,32 @@ def _warnings(stderr: str) -> list[str]:
 
 
 def test_nothing_optional_is_imported_unless_asked_for() -> None:
-    proc = run_python(_program(blocked=("opentelemetry",)))
+    """Both backends installed (the tests extra), neither asked for: neither loads."""
+    proc = run_python(_program())
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"after_import": [], "loaded": [], "calls": 1}
     assert _warnings(proc.stderr) == []
 
 
-def test_opentelemetry_is_used_when_installed_prometheus_only_when_asked() -> None:
-    proc = run_python(_program())
+def test_opentelemetry_is_used_when_asked_for() -> None:
+    proc = run_python(_program(), env={"MLX_VLM_SAFE_OTEL": "1"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {
         "after_import": [],
         "loaded": ["opentelemetry"],
         "calls": 1,
     }
+    assert _warnings(proc.stderr) == []
+
+
+def test_opentelemetry_asked_for_but_absent_warns_once() -> None:
+    proc = run_python(
+        _program(blocked=("opentelemetry",), calls=2), env={"MLX_VLM_SAFE_OTEL": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"after_import": [], "loaded": [], "calls": 2}
+    (warning,) = _warnings(proc.stderr)
+    assert "opentelemetry-api is not installed" in warning
 
 
 def test_metrics_asked_for_without_prometheus_client_warn_once() -> None:

@@ -24,6 +24,7 @@ BAD = {
     "MLX_VLM_SAFE_MEMORY_MARGIN": "-3",
     "MLX_VLM_SAFE_METRICS_PORT": "http",
     "MLX_VLM_SAFE_METRICS_ADDR": "not an address",
+    "MLX_VLM_SAFE_OTEL": "maybe",
 }
 GOOD = {
     "MLX_VLM_SAFE_RETRY_ATTEMPTS": "2",
@@ -33,6 +34,7 @@ GOOD = {
     "MLX_VLM_SAFE_MEMORY_MARGIN": "off",
     "MLX_VLM_SAFE_METRICS_PORT": "9464",
     "MLX_VLM_SAFE_METRICS_ADDR": "0.0.0.0",
+    "MLX_VLM_SAFE_OTEL": "on",
 }
 
 
