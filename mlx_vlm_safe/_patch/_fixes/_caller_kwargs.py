@@ -165,20 +165,23 @@ def _rebinds_kwargs(code: types.CodeType) -> bool:
 def probe_stream_kwargs(stream_generate: Callable[..., Any] | None) -> Probe:
     """Whether ``stream_generate`` passes the caller's keywords to ``generate_step``.
 
-    Runs a clone of the release's own ``stream_generate`` (the real code
-    object; nothing in ``mlx_vlm`` is touched) whose private globals hold a
-    ``generate_step`` that stops it with the keywords it was given, and
-    harmless ``prepare_inputs`` and ``wired_limit``; the fake model and
-    processor give it a one-token prompt and no image. Where the fakes do
-    not carry it that far (0.5.0+ prepare their inputs in helpers of their
-    own), its code decides: a ``stream_generate`` that never assigns to its
-    ``kwargs`` passes them on.
+    First its code: a ``stream_generate`` that never assigns to its
+    ``kwargs`` passes them on (0.1.10+; a raw bytecode scan, so nothing of
+    the release runs). One that does is run: a clone of the release's own
+    ``stream_generate`` (the real code object; nothing in ``mlx_vlm`` is
+    touched) whose private globals hold a ``generate_step`` that stops it
+    with the keywords it was given, and harmless ``prepare_inputs`` and
+    ``wired_limit``; the fake model and processor give it a one-token prompt
+    and no image. Where the fakes do not carry it that far, it stays
+    inconclusive.
     """
     code = getattr(stream_generate, "__code__", None)
     if stream_generate is None or not isinstance(code, types.CodeType):
         return Probe(NAME, "absent", "no stream_generate")
     if "generate_step" not in code.co_names:
         return Probe(NAME, "absent", "stream_generate calls no generate_step")
+    if not _rebinds_kwargs(code):
+        return Probe(NAME, "passed", "read from its code: it never reassigns kwargs")
     clone = _clone(
         stream_generate,
         generate_step=_fake_step,
@@ -206,9 +209,8 @@ def probe_stream_kwargs(stream_generate: Callable[..., Any] | None) -> Probe:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-    if _rebinds_kwargs(code):  # an unexpected release: say so, and leave it be
-        return Probe(NAME, "inconclusive", f"{stopped}; it rebinds its kwargs")
-    return Probe(NAME, "passed", f"read from its code ({stopped})")
+    # An unexpected release: say so, and leave it be.
+    return Probe(NAME, "inconclusive", f"{stopped}; it rebinds its kwargs")
 
 
 def probe(located: Located) -> Probe:
