@@ -10,6 +10,8 @@ to the ladder's 512/256 tokens as plain 200s, or as 500s with
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -46,3 +48,8 @@ def test_concurrent_large_uploads_that_fit_one_at_a_time_are_all_served_whole(
         assert statuses == [200] * UPLOADS, service.log_tail()
         assert [_answer(*reply) for reply in replies] == [alone] * UPLOADS
         assert service.proc.poll() is None  # the server is alive
+        # Whole because they took turns: the ledger made them wait. (Without
+        # it, an in-flight check of a call this short sees no growth to
+        # refuse, so the answers alone cannot tell that it ran.)
+        with urllib.request.urlopen(service.url + "/memory-wait") as response:
+            assert json.load(response)["seconds"] > 0

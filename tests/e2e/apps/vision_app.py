@@ -147,3 +147,11 @@ async def astream_endpoint(
 @app.get("/produced")
 def produced() -> JSONResponse:
     return JSONResponse(PRODUCED)
+
+
+@app.get("/memory-wait")
+def memory_wait() -> JSONResponse:
+    """Seconds the patched calls waited for memory (the app never imports it)."""
+    import mlx_vlm_safe
+
+    return JSONResponse({"seconds": mlx_vlm_safe.stats().memory_wait})
