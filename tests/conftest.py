@@ -239,6 +239,19 @@ def counting_tokens() -> Iterator[Any]:
         yield rec
 
 
+def temperature_keyword(mlx_vlm: Any) -> str:
+    """The installed release's name for the sampling temperature.
+
+    ``temperature``, or ``temp`` where ``generate_step`` names no
+    ``temperature`` (0.1.x before 0.1.21): there an unknown ``temperature``
+    lands in its ``**kwargs`` and is ignored, so a str one is no error.
+    """
+    from mlx_vlm_safe._patch import locate
+
+    accepted = locate(mlx_vlm).accepted_kwargs or ()
+    return "temperature" if "temperature" in accepted else "temp"
+
+
 def run_python(
     code: str, *, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

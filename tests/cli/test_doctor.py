@@ -70,9 +70,8 @@ def test_doctor_json_reports_this_release(
     yes = release.verdicts["wired_limit"] == "swallows"
     assert f"NoneType/token crash: {'YES' if yes else 'no'}" in verdicts
     assert "pinning mlx-vlm 0.3.4 help? No: 0.3.2-0.3.10" in verdicts
-    assert (
-        "upstream? mlx-vlm 0.3.11 (propagate_errors, generate_off_metal);" in verdicts
-    )
+    assert "upstream? mlx-vlm 0.1.10 (pass_caller_kwargs); 0.3.11 " in verdicts
+    assert "0.3.11 (propagate_errors, generate_off_metal);" in verdicts
     assert "0.6.9 (replace_invalid_utf8), so 0.6.9+ for all of them" in verdicts
     if probes["thread_stream"] == "bound_to_importing_thread":
         # The error this mlx gave on this device, not a CPU one written down.

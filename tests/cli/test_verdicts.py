@@ -59,6 +59,9 @@ def test_upstream_names_each_fix_release_and_where_the_installed_one_stands() ->
         if spec.fixed_upstream_in:
             assert spec.name in line
     assert all(release in line for release in releases if release)
-    assert line.endswith("The installed 0.5.0 has those of 0.3.11 and 0.5.0 only.")
-    assert _verdicts.upstream("0.3.5").endswith("has none of them.")
+    assert line.endswith(
+        "The installed 0.5.0 has those of 0.1.10 and 0.3.11 and 0.5.0 only."
+    )
+    assert _verdicts.upstream("0.3.5").endswith("has those of 0.1.10 only.")
+    assert _verdicts.upstream("0.1.7").endswith("has none of them.")
     assert _verdicts.upstream("0.7.10").endswith("has all of them.")

@@ -19,7 +19,7 @@ from mlx_vlm_safe._patch import locate
 from mlx_vlm_safe.testing import empty_stream, plant_fault
 from tools.matrix import Expected
 
-from ..conftest import Tiny
+from ..conftest import Tiny, temperature_keyword
 
 pytestmark = pytest.mark.model
 
@@ -76,9 +76,7 @@ def test_ladder_never_raises_the_callers_budget(
 def _bad_arguments(release: Expected) -> list[dict[str, Any]]:
     bad: list[dict[str, Any]] = [{"image": ["/nope/missing.png"]}]
     if not release.has("kwargs_dropped"):  # 0.1.7-0.1.9 never see sampling args
-        accepted = locate(importlib.import_module("mlx_vlm")).accepted_kwargs or ()
-        key = "temperature" if "temperature" in accepted else "temp"
-        bad.append({key: "0.7"})
+        bad.append({temperature_keyword(importlib.import_module("mlx_vlm")): "0.7"})
     return bad
 
 

@@ -25,7 +25,7 @@ import mlx_vlm_safe
 from mlx_vlm_safe.testing import plant_fault
 from tools.matrix import Expected
 
-from ..conftest import Tiny
+from ..conftest import Tiny, temperature_keyword
 
 LADDER = ({"max_tokens": 4},)
 
@@ -58,15 +58,19 @@ def run(tiny: Tiny, mlx_vlm: Any, exports: Any, release: Expected) -> list[Expec
             Expect("whole", "generate", "ok", None, 1, tokens, "length", False)
         )
 
+        # A str temperature under the release's own name (0.1.x before
+        # 0.1.21: ``temp``); where no keyword reaches the model (0.1.7-0.1.9
+        # unpatched), a missing image.
+        sampled = not release.has("kwargs_dropped")
         bad = (
-            {"image": ["/nope/missing.png"]}
-            if release.has("kwargs_dropped")
-            else {"temperature": "0.7"}
+            {temperature_keyword(mlx_vlm): "0.7"}
+            if sampled
+            else {"image": ["/nope/missing.png"]}
         )
         with pytest.raises((TypeError, ValueError, OSError)) as info:
             tiny.call(mlx_vlm.generate, **bad)
         error = type(info.value).__name__
-        if not release.has("kwargs_dropped"):
+        if sampled:
             assert error == "TypeError"
         expected.append(
             Expect(

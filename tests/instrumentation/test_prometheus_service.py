@@ -14,12 +14,14 @@ import contextlib
 import json
 import pathlib
 import urllib.request
+from typing import Any
 
 import pytest
 
 from mlx_vlm_safe.testing import tiny_image_path
 from tools.matrix import Expected
 
+from ..conftest import temperature_keyword
 from ..e2e.test_service import Service, _free_port
 from ..e2e.test_service import _serving as _service
 
@@ -47,7 +49,7 @@ def _scrape(port: int) -> tuple[str, dict[str, list[tuple[dict[str, str], float]
 
 
 def test_a_scrape_counts_each_upload_by_outcome_and_error_type(
-    tmp_path: pathlib.Path, release: Expected
+    tmp_path: pathlib.Path, release: Expected, mlx_vlm: Any
 ) -> None:
     png = tiny_image_path(tmp_path).read_bytes()
     metrics = _free_port()
@@ -59,7 +61,8 @@ def test_a_scrape_counts_each_upload_by_outcome_and_error_type(
             assert status == 200, body
             ok += 1
         uploads = [(b"this is not an image", {}), (png[: len(png) // 2], {})]
-        if not release.has("kwargs_dropped"):  # 0.1.7-0.1.9 never read it
+        # The app passes ``temperature``: 0.1.x before 0.1.21 ignore it.
+        if temperature_keyword(mlx_vlm) == "temperature":
             uploads += [(png, {"temperature": "warm"})] * 2
         for data, fields in uploads:
             status, body = service.post("/sync", data, **fields)
