@@ -106,7 +106,7 @@ def main() -> None:  # noqa: PLR0915 - one flat script, steps read in order
     go[0].wait()  # every worker warmed up
     space, resident = _statm()
     resource.setrlimit(resource.RLIMIT_AS, (space + room, resource.RLIM_INFINITY))
-    print(json.dumps({"capped": space + room, "before": [space, resident]}))
+    print(json.dumps({"capped": space + room, "before": [space, resident]}), flush=True)
     for r in range(rounds):
         go[r + 1].wait()
         done[r + 1].wait()
