@@ -56,8 +56,10 @@ def _returned(mode: str) -> int:
 
 def test_freed_large_blocks_give_their_address_space_back_once_fixed() -> None:
     """Without the fix the freed blocks stay mapped; with it they are unmapped."""
-    assert _returned("dynamic") < 2 * 2**20  # glibc keeps 16 MiB mapped
-    assert _returned("fixed") >= 16 * 2**20
+    # 16 MiB freed: glibc keeps it mapped, or unmaps (nearly) all of it; the
+    # interpreter's own small maps move the figure by a few pages either way.
+    assert _returned("dynamic") < 2 * 2**20
+    assert _returned("fixed") > 14 * 2**20
 
 
 def test_the_operators_own_threshold_is_left_alone(
