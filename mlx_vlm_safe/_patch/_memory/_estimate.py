@@ -32,7 +32,15 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["STEP", "Architecture", "Estimate", "architecture", "estimate"]
+__all__ = [
+    "STEP",
+    "Architecture",
+    "Estimate",
+    "architecture",
+    "estimate",
+    "footprint",
+    "held",
+]
 
 #: mlx-lm's / mlx-vlm's ``KVCache.step``: the cache grows in chunks of this many
 #: positions (the same in every release this library knows).
@@ -264,3 +272,37 @@ def estimate(
     growth = (capacity - STEP) * arch.kv_bytes_per_position // max(arch.layers, 1)
     total = kv_cache + max(growth, 0) + prefill
     return Estimate(total, kv_cache, prefill, prompt_tokens, positions, capacity)
+
+
+def footprint(
+    found: Estimate,
+    arch: Architecture,
+    tokens: int,
+    *,
+    mlx_figures: bool,
+) -> int:
+    """What the model says a generation holds after ``tokens`` tokens (bytes).
+
+    Counted the way its reservation was (the guard's ``_reserve``): the KV cache's
+    capacity, and against the system's figures its previous capacity too,
+    which may stay mapped in mlx's cache while the new one fills.
+    """
+    step = STEP
+    positions = -(-(found.prompt_tokens + tokens) // step) * step
+    if not mlx_figures:
+        positions += max(positions - step, 0)
+    return positions * arch.kv_bytes_per_position
+
+
+def held(found: Estimate, arch: Architecture, items: int, reserved: int) -> int:
+    """What a generation surely holds after ``items`` tokens: its KV cache now.
+
+    A lower bound, on purpose: the ledger lets others in on what a call has
+    reserved and not yet taken (``reserved - held``), so ``held`` must never
+    exceed what it really holds. Its previous capacity may or may not still
+    be mapped (glibc unmaps a freed large block once ``_heap`` fixed its
+    threshold; mlx may keep or reuse it): counting it let a second call in
+    on room the first still needed, and the first was refused at its last
+    growth (0.7.10 under CI load, 2 of 4 calls shortened).
+    """
+    return min(footprint(found, arch, items, mlx_figures=True), reserved)

@@ -383,41 +383,6 @@ def _need(
     return ahead * per_position
 
 
-def _footprint(
-    found: _estimate.Estimate,
-    arch: _estimate.Architecture,
-    tokens: int,
-    mlx_figures: bool,
-) -> int:
-    """What the model says a generation holds after ``tokens`` tokens (bytes).
-
-    Counted the way its reservation was (``_reserve``): the KV cache's
-    capacity, and against the system's figures its previous capacity too,
-    which may stay mapped in mlx's cache while the new one fills.
-    """
-    step = _estimate.STEP
-    positions = -(-(found.prompt_tokens + tokens) // step) * step
-    if not mlx_figures:
-        positions += max(positions - step, 0)
-    return positions * arch.kv_bytes_per_position
-
-
-def _held(
-    found: _estimate.Estimate, arch: _estimate.Architecture, items: int, reserved: int
-) -> int:
-    """What a generation surely holds after ``items`` tokens: its KV cache now.
-
-    A lower bound, on purpose: the ledger lets others in on what a call has
-    reserved and not yet taken (``reserved - held``), so ``held`` must never
-    exceed what it really holds. Its previous capacity may or may not still
-    be mapped (glibc unmaps a freed large block once ``_heap`` fixed its
-    threshold; mlx may keep or reuse it): counting it let a second call in
-    on room the first still needed, and the first was refused at its last
-    growth (0.7.10 under CI load, 2 of 4 calls shortened).
-    """
-    return min(_footprint(found, arch, items, mlx_figures=True), reserved)
-
-
 def _room(
     fresh: _budget.Budget,
     grown: int,
@@ -460,11 +425,12 @@ def _check(
     mlx_figures = fresh.source in MLX_FIGURES
     reserved_for = False
     if reservation is not None and found is not None:
-        reservation.held = _held(found, arch, items, reservation.total)
+        reservation.held = _estimate.held(found, arch, items, reservation.total)
         # Where the check looks ahead to (``_need``), never past the capacity
         # it reserved for: is that still within its reservation?
         ahead = min(items + 2 * CHECK_EVERY, found.capacity - found.prompt_tokens)
-        reserved_for = _footprint(found, arch, ahead, mlx_figures) <= reservation.total
+        fits = _estimate.footprint(found, arch, ahead, mlx_figures=mlx_figures)
+        reserved_for = fits <= reservation.total
     need = _need(found, arch, items, jump, mlx_figures)
     room = _room(fresh, grown, reservation, reserved_for=reserved_for)
     if need > room and _freed_cache():
