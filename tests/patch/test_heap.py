@@ -68,6 +68,6 @@ def test_the_operators_own_threshold_is_left_alone(
     monkeypatch.setattr(_heap, "_fixed", [])
     monkeypatch.setenv(_heap.OPERATOR_VARIABLE, "65536")
     assert _heap.map_large_blocks() is False
-    assert _heap.mapped_large_blocks() is False
+    assert _heap._fixed == [False]  # decided: not fixed
     monkeypatch.delenv(_heap.OPERATOR_VARIABLE)
     assert _heap.map_large_blocks() is False  # decided once per process

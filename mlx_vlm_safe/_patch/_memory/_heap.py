@@ -35,7 +35,7 @@ import os
 import threading
 from collections.abc import Callable
 
-__all__ = ["map_large_blocks", "mapped_large_blocks", "trim_heap"]
+__all__ = ["map_large_blocks", "trim_heap"]
 
 #: ``mallopt``'s parameter number for the mmap threshold (``malloc.h``).
 M_MMAP_THRESHOLD = -3
@@ -98,8 +98,3 @@ def map_large_blocks() -> bool:
                     done = False
             _fixed.append(done)
     return _fixed[0]
-
-
-def mapped_large_blocks() -> bool:
-    """Whether :func:`map_large_blocks` fixed the threshold in this process."""
-    return bool(_fixed and _fixed[0])
