@@ -437,11 +437,16 @@ def _check(
         fresh = _budget.read_budget() or fresh
         room = _room(fresh, grown, reservation, reserved_for=reserved_for)
     if need > room:
+        counted = (
+            "within this generation's own reservation"
+            if reserved_for and fresh.source != "memory_limit"
+            else "with what the other generations in flight will still take set aside"
+        )
         raise MemoryError(
             f"generation stopped after {items} tokens: the next tokens need about "
             f"{_mib(need)} but only {_mib(max(room, 0))} is left ({fresh.source}, "
-            f"after a {_mib(fresh.margin)} margin, with what the other generations "
-            "in flight will still take set aside) (mlx_vlm_safe memory guard)"
+            f"after a {_mib(fresh.margin)} margin, {counted}) "
+            "(mlx_vlm_safe memory guard)"
         )
 
 
