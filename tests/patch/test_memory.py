@@ -328,3 +328,24 @@ def test_doctor_shows_the_budget() -> None:
     mlx_vlm_safe.configure(memory_limit="off")
     shown = memory_snapshot()
     assert (shown["guard"], shown["budget"], shown["summary"]) == ("off", None, "off")
+
+
+@pytest.mark.model
+def test_what_a_call_holds_is_its_kv_cache_now_never_its_previous_capacity(
+    tiny: Any,
+) -> None:
+    """``held`` is a lower bound: the ledger lets others in on reserved - held.
+
+    Its previous capacity may already be unmapped (``_heap``); counting it let
+    a second call in on room the first still needed (0.7.10 under load).
+    """
+    found = _estimate_for(tiny, 1000)
+    arch = _estimate.architecture(tiny.model)
+    step, per_position = _estimate.STEP, arch.kv_bytes_per_position
+    items = 3 * step  # well past the first growth
+    now = -(-(found.prompt_tokens + items) // step) * step
+    assert _estimate.held(found, arch, items, 2**62) == now * per_position
+    # The model of what it may hold (the reservation's) still counts both.
+    mapped = _estimate.footprint(found, arch, items, mlx_figures=False)
+    assert mapped == (2 * now - step) * per_position
+    assert _estimate.held(found, arch, items, per_position) == per_position  # capped
