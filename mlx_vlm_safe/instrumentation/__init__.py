@@ -12,7 +12,7 @@ on the generation path itself:
 * ``_otel``: only when asked for: ``MLX_VLM_SAFE_OTEL=1``,
   :func:`enable_otel`, or the ``opentelemetry-instrument`` entry point
   (``_otel_instrumentor``); never merely because ``opentelemetry-api`` is
-  installed (importing it, and a no-op span per call, cost ~17 µs a call).
+  installed (importing it, and a no-op span per call, cost about 10 µs a call).
 
 The patch calls :func:`start` when it applies; this face imports nothing
 optional, so ``import mlx_vlm_safe`` stays cheap. See ``docs/monitoring.md``.
