@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import inspect
 import sys
+import types
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any, Literal, TypeVar
@@ -63,6 +64,23 @@ def mark(wrapper: F, original: Callable[..., Any]) -> F:
     functools.update_wrapper(wrapper, original)
     wrapper.__mlx_vlm_safe__ = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def with_globals(fn: Callable[..., Any], **globals_: object) -> Callable[..., Any]:
+    """A copy of ``fn`` that resolves the given globals privately.
+
+    The probes run a release's own code objects this way, with fakes in
+    place of what they call, and touch nothing in ``mlx_vlm``.
+    """
+    copy = types.FunctionType(
+        fn.__code__,
+        {**fn.__globals__, **globals_},
+        fn.__name__,
+        fn.__defaults__,
+        fn.__closure__,
+    )
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
 
 
 def unwrap(obj: object) -> object:

@@ -19,13 +19,12 @@ in ``mlx_vlm`` is mutated while probing.
 from __future__ import annotations
 
 import dataclasses
-import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from .._log import describe
 from ._behaviour import Behaviour
-from ._locate import Located
+from ._locate import Located, with_globals
 from ._report import Probe
 from ._results import build_result
 
@@ -116,26 +115,11 @@ class _Model:
     config = _Config()
 
 
-def _clone(fn: Callable[..., Any], **globals_: object) -> Callable[..., Any]:
-    """A copy of ``fn`` that resolves some globals privately."""
-    code = fn.__code__
-    scope = {**fn.__globals__, **globals_}
-    clone = types.FunctionType(
-        code,
-        scope,
-        fn.__name__,
-        fn.__defaults__,
-        fn.__closure__,
-    )
-    clone.__kwdefaults__ = fn.__kwdefaults__
-    return clone
-
-
 def _run_with_stream(generate: Callable[..., Any], items: tuple[object, ...]) -> object:
     def fake_stream(*args: object, **kwargs: object) -> Iterator[object]:
         yield from items
 
-    clone = _clone(generate, stream_generate=fake_stream)
+    clone = with_globals(generate, stream_generate=fake_stream)
     return clone(_Model(), _Processor(), "", verbose=False)
 
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..._log import describe
-from .._locate import Located, mark
+from .._locate import Located, mark, with_globals
 from .._report import Probe
 from . import Context, FixSpec
 
@@ -112,19 +112,6 @@ def _inputs(*args: object, **kwargs: object) -> dict[str, object]:
     return {"input_ids": mx.array([[2]]), "pixel_values": None, "attention_mask": None}
 
 
-def _clone(fn: Callable[..., Any], **globals_: object) -> Callable[..., Any]:
-    """A copy of ``fn`` that resolves some globals privately (``_probes`` too)."""
-    clone = types.FunctionType(
-        fn.__code__,
-        {**fn.__globals__, **globals_},
-        fn.__name__,
-        fn.__defaults__,
-        fn.__closure__,
-    )
-    clone.__kwdefaults__ = fn.__kwdefaults__
-    return clone
-
-
 #: The opcodes that store a local (3.13 fuses two into one: 4 bits each).
 _STORES = {
     dis.opmap[name]: name
@@ -182,7 +169,7 @@ def probe_stream_kwargs(stream_generate: Callable[..., Any] | None) -> Probe:
         return Probe(NAME, "absent", "stream_generate calls no generate_step")
     if not _rebinds_kwargs(code):
         return Probe(NAME, "passed", "read from its code: it never reassigns kwargs")
-    clone = _clone(
+    clone = with_globals(
         stream_generate,
         generate_step=_fake_step,
         prepare_inputs=_inputs,
