@@ -214,7 +214,7 @@ def mlx_vlm_safe_generate(exports: Any) -> Any:
 
 
 SHUTDOWN_PROGRAM = """
-import sys, time, threading
+import os, sys, time, threading
 from concurrent.futures import ThreadPoolExecutor
 import mlx_vlm_safe, mlx_vlm
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path, tiny_prompt
@@ -231,7 +231,9 @@ def work():
         outcome.append("finished")
     except BaseException as exc:
         outcome.append(type(exc).__name__)
-        print("worker:", type(exc).__name__, flush=True)
+        # One write per line: print() writes the text and the newline
+        # separately, so two workers' lines could interleave.
+        os.write(1, f"worker: {type(exc).__name__}\\n".encode())
 
 pool = ThreadPoolExecutor(2)  # not a context manager: joined at exit
 pool.submit(work)
