@@ -24,10 +24,10 @@ import pytest
 import mlx_vlm_safe
 from mlx_vlm_safe._patch._memory._ledger import MemoryRefused, ledger
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
-from tools.matrix import Expected
+from tools.matrix import Expected, mlx_device
 
 from ..conftest import WIDE, Tiny
-from .test_memory import _estimate_for
+from .test_memory import _reservation_for
 from .test_memory_capped import DEATHS
 from .test_memory_capped import _env as _capped_env
 
@@ -47,7 +47,7 @@ def _fresh_settings() -> Iterator[None]:
 
 def _one_fits(tiny: Tiny, tokens: int = TOKENS) -> int:
     """A ``memory_limit`` that holds one call of ``tokens`` and not two."""
-    return _estimate_for(tiny, tokens).total * 3 // 2
+    return _reservation_for(tiny, tokens) * 3 // 2
 
 
 def _reserved() -> int:
@@ -293,7 +293,8 @@ def test_on_cuda_the_budget_comes_from_the_device(
     from mlx_vlm_safe._patch import _mlx
     from mlx_vlm_safe._patch._memory import _budget, _device_room
 
-    assert _device_room.device_room() is None  # this machine: the host's memory
+    # The machine's own answer: the device's figures on CUDA, else the host's.
+    assert (_device_room.device_room() is None) == (mlx_device() != "cuda")
     fake = _FakeCuda(free=4 * 2**30, limit=136 * 10**9, active=2 * 2**30)
     monkeypatch.setattr(_mlx, "device", lambda: "cuda")
     monkeypatch.setattr(_mlx, "core", lambda: fake)
@@ -306,6 +307,11 @@ def test_on_cuda_the_budget_comes_from_the_device(
     budget = _budget.read_budget()
     assert budget is not None
     assert budget.source == "mlx_limit"
+    # A reservation there is more than the estimate (the measured CUDA extra).
+    allowed = _device_room.with_allowance(10**6)
+    assert allowed == int(10**6 * _device_room.CUDA_ALLOWANCE) + _device_room.CUDA_EXTRA
+    monkeypatch.setattr(_mlx, "device", lambda: "cpu")
+    assert _device_room.with_allowance(10**6) == 10**6
 
 
 def test_an_allocation_failure_in_mlx_reaches_the_caller_as_itself(

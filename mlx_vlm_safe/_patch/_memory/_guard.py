@@ -28,7 +28,7 @@ from ..._retry import get_policy
 from .. import _mlx
 from .._calls import Call, GenerationCancelled, current_call
 from . import _budget, _estimate
-from ._device_room import CUDA_ALLOWANCE
+from ._device_room import with_allowance
 from ._heap import map_large_blocks, trim_heap
 from ._ledger import MemoryRefused, Reservation, Room, ledger
 
@@ -183,11 +183,11 @@ def _reserve(
     cache grows to its final capacity, the previous capacity is still mapped.
     The in-flight check (``_need``) models the same, so a call admitted alone
     is never refused halfway through for a growth its reservation covered.
+    On CUDA the memory is the device's, and its peak runs over the estimate
+    (``_device_room.with_allowance``), whatever the budget's source.
     """
-    if budget.source in ("gpu_free", "mlx_limit"):  # CUDA: see _device_room
-        return int(found.total * CUDA_ALLOWANCE)
-    if budget.source == "memory_limit":
-        return found.total
+    if budget.source in ("gpu_free", "mlx_limit", "memory_limit"):
+        return with_allowance(found.total)
     previous = max(found.capacity - _estimate.STEP, 0)
     return found.total + previous * arch.kv_bytes_per_position
 
