@@ -53,6 +53,17 @@ WIDE = {
     "num_key_value_heads": 4,
     "head_dim": 64,
 }
+#: For the tests that cap the process's own memory (``RLIMIT_AS``): Linux
+#: limits, and the model's memory in the host's address space. Where mlx runs
+#: on CUDA the KV cache lives on the GPU and the budget is the device's
+#: (``_device_room``; tested with a faked device in ``test_memory_load.py``,
+#: measured by ``tools/measure_gpu_memory.py``); a host cap there starves
+#: CUDA's own host buffers instead (H200: unpatched, ``RuntimeError ... out
+#: of memory`` from cudaMallocHost, not a death).
+HOST_MEMORY_CAP = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or mlx_device() == "cuda",
+    reason="caps the host's memory: Linux, and not where the model lives on CUDA",
+)
 NONE_DEFECT = "'NoneType' object has no attribute"
 #: Set by the nox sessions that are not one upstream release (``INSTALLS``).
 MATRIX_ENV = "MLX_VLM_SAFE_MATRIX_ENV"

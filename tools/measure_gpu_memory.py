@@ -54,7 +54,10 @@ def _held(mx: Any, call: Callable[[int], Any], spare: float, sizes: list[int]) -
 
     free = int(mx.device_info().get("free_memory", 0))
     hold = max(free - int(spare * 2**30), 0)
-    held = mx.zeros((hold // 2**20, 2**18), dtype=mx.float32)  # 1 MiB rows
+    # In 4 GiB arrays: one 35 GB array failed on the H200 (a kernel launch
+    # over more elements than CUDA's grid takes: cudaGraphAddKernelNode).
+    chunk = 4 * 2**30
+    held = [mx.zeros((min(chunk, hold - at) // 4,)) for at in range(0, hold, chunk)]
     mx.eval(held)
     budget = _budget.read_budget()
     _line("held", gib=round(hold / 2**30, 1), summary=_budget.describe(budget))

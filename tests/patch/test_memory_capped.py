@@ -30,11 +30,11 @@ import pytest
 
 from mlx_vlm_safe.testing import build_tiny_checkpoint, tiny_image_path
 
-from ..conftest import WIDE
+from ..conftest import HOST_MEMORY_CAP, WIDE
 
 pytestmark = [
     pytest.mark.subprocess,
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux limits"),
+    HOST_MEMORY_CAP,
 ]
 
 HERE = pathlib.Path(__file__).resolve().parent
