@@ -186,7 +186,7 @@ def _reserve(
     On CUDA the memory is the device's, and its peak runs over the estimate
     (``_device_room.with_allowance``), whatever the budget's source.
     """
-    if budget.source in ("gpu_free", "mlx_limit", "memory_limit"):
+    if budget.source in MLX_FIGURES:
         return with_allowance(found.total)
     previous = max(found.capacity - _estimate.STEP, 0)
     return found.total + previous * arch.kv_bytes_per_position
