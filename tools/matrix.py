@@ -365,7 +365,8 @@ class Expected(Release):
     def deselected(self) -> tuple[str, ...]:
         """Test node ids that do not apply to this range (see the constants)."""
         # By the release as it ships: a fact a fix repairs keeps its
-        # deselections until they are checked to pass patched.
+        # deselections until they are checked to pass patched (``slow``: checked
+        # on 0.1.7, so by the fact as patched).
         utils = UTILS_LAYOUT_TESTS if self.layout == "utils" else ()
         slow = NO_MAX_TOKENS_TESTS if self.has("kwargs_dropped") else ()
         plain = self.shipped("kwargs_dropped") or self.shipped("load_shim")
